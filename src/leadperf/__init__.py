@@ -1,0 +1,81 @@
+"""leadperf: make Python scraping and lead-intelligence apps fast at bulk scale.
+
+Public names are re-exported here and load lazily, so ``import leadperf`` pulls in no
+optional dependency (redis, psycopg, selenium, PIL, fastapi) until a part is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .errors import (
+    BrowserCrashedError,
+    CacheError,
+    CacheUnavailableError,
+    ConfigError,
+    DatabaseError,
+    ImageError,
+    LeadperfError,
+    MissingDependencyError,
+    PoolError,
+    PoolExhaustedError,
+    ScrapeError,
+)
+
+if TYPE_CHECKING:
+    from .cache import cached
+    from .optimize import PerformanceOptimizer, get_performance_optimizer
+    from .pool import ChromePool, get_chrome_pool
+    from .scraper import AsyncScraper, RetryPolicy, ScrapeResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncScraper",
+    "BrowserCrashedError",
+    "CacheError",
+    "CacheUnavailableError",
+    "ChromePool",
+    "ConfigError",
+    "DatabaseError",
+    "ImageError",
+    "LeadperfError",
+    "MissingDependencyError",
+    "PerformanceOptimizer",
+    "PoolError",
+    "PoolExhaustedError",
+    "RetryPolicy",
+    "ScrapeError",
+    "ScrapeResult",
+    "Settings",
+    "__version__",
+    "cached",
+    "get_chrome_pool",
+    "get_performance_optimizer",
+]
+
+_LAZY: dict[str, str] = {
+    "AsyncScraper": ".scraper",
+    "RetryPolicy": ".scraper",
+    "ScrapeResult": ".scraper",
+    "ChromePool": ".pool",
+    "get_chrome_pool": ".pool",
+    "cached": ".cache",
+    "PerformanceOptimizer": ".optimize",
+    "get_performance_optimizer": ".optimize",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'leadperf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

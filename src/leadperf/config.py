@@ -1,0 +1,470 @@
+"""Settings: frozen attrs classes built from profiles, YAML, environment and arguments.
+
+Precedence, highest first: explicit arguments > environment variables > YAML file >
+profile defaults. Every env name and YAML key is listed in ``ENV_VARS`` and
+``YAML_KEYS``; an unknown YAML key or a bad value raises :class:`ConfigError` naming it.
+
+>>> s = Settings(profile="memory_focused")
+>>> s.evolve(scraper={"max_concurrent": 8}).scraper.max_concurrent
+8
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import attrs
+
+from ._util import mask_url, require
+from .errors import ConfigError
+
+__all__ = [
+    "ENV_VARS",
+    "PROFILE_DEFAULTS",
+    "YAML_KEYS",
+    "CacheSettings",
+    "ChromeSettings",
+    "DatabaseSettings",
+    "MonitoringSettings",
+    "ResourceSettings",
+    "ScraperSettings",
+    "Settings",
+]
+
+ProfileName = Literal["balanced", "memory_focused", "performance_focused"]
+PROFILE_NAMES: tuple[str, ...] = ("balanced", "memory_focused", "performance_focused")
+T = TypeVar("T")
+
+
+# -- validators ---------------------------------------------------------------------------
+
+
+def _check(ok: Callable[[Any], bool], problem: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def validate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not ok(value):
+            section = type(inst).__name__.removesuffix("Settings").lower()
+            key = f"{section}.{attribute.name}" if section else attribute.name
+            raise ConfigError(f"{key}: {problem}, got {value!r}", key=key)
+
+    return validate
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+_positive_int = _check(lambda v: _is_int(v) and v > 0, "must be an integer > 0")
+_non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
+_positive_num = _check(lambda v: _is_num(v) and v > 0, "must be a number > 0")
+_bool = _check(lambda v: isinstance(v, bool), "must be true or false")
+_opt_str = _check(lambda v: v is None or isinstance(v, str), "must be a string or null")
+
+
+def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    return _check(lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def _masked(value: str | None) -> str:
+    return repr(mask_url(value))
+
+
+# -- sections -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CacheSettings:
+    """Cache: backend URL, default TTL (seconds), memory size, codec compression."""
+
+    enabled: bool = attrs.field(default=True, validator=_bool)
+    url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
+    redis_url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
+    redis_enabled: bool = attrs.field(default=False, validator=_bool)
+    default_ttl: float = attrs.field(default=3600.0, validator=_positive_num)
+    max_size: int = attrs.field(default=10_000, validator=_positive_int)
+    compression: str = attrs.field(default="br", validator=_one_of("br", "gzip", "none"))
+    compression_threshold: int = attrs.field(default=1024, validator=_non_negative_int)
+    pool_min_size: int = attrs.field(default=2, validator=_non_negative_int)
+    pool_max_size: int = attrs.field(default=10, validator=_positive_int)
+
+
+@attrs.frozen
+class DatabaseSettings:
+    """Database: URL and psycopg-pool sizes (``pool_size`` .. ``pool_size + max_overflow``)."""
+
+    url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
+    pool_size: int = attrs.field(default=5, validator=_positive_int)
+    max_overflow: int = attrs.field(default=5, validator=_non_negative_int)
+    pool_timeout: float = attrs.field(default=30.0, validator=_positive_num)
+    enable_query_cache: bool = attrs.field(default=True, validator=_bool)
+
+
+@attrs.frozen
+class MonitoringSettings:
+    """Monitoring: on/off, sampling interval (seconds), psutil system sampling."""
+
+    enabled: bool = attrs.field(default=True, validator=_bool)
+    metrics_interval: float = attrs.field(default=60.0, validator=_positive_num)
+    system_monitoring: bool = attrs.field(default=True, validator=_bool)
+
+
+@attrs.frozen
+class ScraperSettings:
+    """Scraper: per-platform concurrency, request timeout (seconds), connection cap, engine."""
+
+    max_concurrent: int = attrs.field(default=5, validator=_positive_int)
+    timeout: float = attrs.field(default=30.0, validator=_positive_num)
+    max_connections: int = attrs.field(default=100, validator=_positive_int)
+    engine: str = attrs.field(default="aiohttp", validator=_one_of("aiohttp", "httpx"))
+
+
+@attrs.frozen
+class ChromeSettings:
+    """Chrome pool: number of instances and idle timeout (seconds)."""
+
+    pool_size: int = attrs.field(default=10, validator=_positive_int)
+    idle_timeout: float = attrs.field(default=300.0, validator=_positive_num)
+    headless: bool = attrs.field(default=True, validator=_bool)
+
+
+@attrs.frozen
+class ResourceSettings:
+    """Resources: screenshot size budget (KB) and the highest image quality to try."""
+
+    screenshot_target_size_kb: int = attrs.field(default=200, validator=_positive_int)
+    image_quality: int = attrs.field(
+        default=85, validator=_check(lambda v: _is_int(v) and 1 <= v <= 100, "must be 1..100")
+    )
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "cache": CacheSettings,
+    "database": DatabaseSettings,
+    "monitoring": MonitoringSettings,
+    "scraper": ScraperSettings,
+    "chrome": ChromeSettings,
+    "resources": ResourceSettings,
+}
+
+#: Per profile, the section values that differ from the class defaults.
+PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "balanced": {},
+    "memory_focused": {
+        "cache": {"max_size": 2_000, "compression": "br", "compression_threshold": 256},
+        "scraper": {"max_concurrent": 3, "max_connections": 50},
+        "chrome": {"pool_size": 3, "idle_timeout": 60.0},
+        "database": {"pool_size": 2, "max_overflow": 3},
+        "resources": {"screenshot_target_size_kb": 150, "image_quality": 75},
+        "monitoring": {"metrics_interval": 30.0},
+    },
+    "performance_focused": {
+        "cache": {"max_size": 50_000, "compression": "gzip", "compression_threshold": 4096},
+        "scraper": {"max_concurrent": 10, "max_connections": 200},
+        "chrome": {"pool_size": 10, "idle_timeout": 600.0},
+        "database": {"pool_size": 10, "max_overflow": 10},
+        "resources": {"screenshot_target_size_kb": 300, "image_quality": 90},
+        "monitoring": {"metrics_interval": 120.0},
+    },
+}
+
+
+def _check_profile(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in PROFILE_DEFAULTS:
+        raise ConfigError(
+            f"profile: must be one of {', '.join(PROFILE_DEFAULTS)}, got {value!r}", key="profile"
+        )
+
+
+def _section_default(name: str) -> Callable[[Any], Any]:
+    def make(self: Settings) -> Any:
+        return _SECTIONS[name](**PROFILE_DEFAULTS.get(self.profile, {}).get(name, {}))
+
+    return make
+
+
+def _section_converter(name: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return _build_section(name, dict(value), base=None)
+        return value
+
+    return convert
+
+
+def _section_type(name: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    return _check(lambda v: isinstance(v, _SECTIONS[name]), f"must be a {_SECTIONS[name].__name__}")
+
+
+def _build_section(name: str, values: dict[str, Any], base: Any | None) -> Any:
+    cls = _SECTIONS[name]
+    fields = attrs.fields_dict(cls)
+    for key in values:
+        if key not in fields:
+            raise ConfigError(
+                f"{name}.{key}: unknown setting; known keys are {', '.join(fields)}",
+                key=f"{name}.{key}",
+            )
+    if base is None:
+        return cls(**values)
+    return attrs.evolve(base, **values)
+
+
+@attrs.frozen
+class Settings:
+    """All of leadperf's settings, frozen. Change with :meth:`evolve`.
+
+    ``Settings(profile="performance_focused")`` starts from that profile's defaults;
+    sections may be passed as section objects or as mappings of their fields.
+    """
+
+    profile: str = attrs.field(default="balanced", validator=_check_profile)
+    cache: CacheSettings = attrs.field(
+        default=attrs.Factory(_section_default("cache"), takes_self=True),
+        converter=_section_converter("cache"),
+        validator=_section_type("cache"),
+    )
+    database: DatabaseSettings = attrs.field(
+        default=attrs.Factory(_section_default("database"), takes_self=True),
+        converter=_section_converter("database"),
+        validator=_section_type("database"),
+    )
+    monitoring: MonitoringSettings = attrs.field(
+        default=attrs.Factory(_section_default("monitoring"), takes_self=True),
+        converter=_section_converter("monitoring"),
+        validator=_section_type("monitoring"),
+    )
+    scraper: ScraperSettings = attrs.field(
+        default=attrs.Factory(_section_default("scraper"), takes_self=True),
+        converter=_section_converter("scraper"),
+        validator=_section_type("scraper"),
+    )
+    chrome: ChromeSettings = attrs.field(
+        default=attrs.Factory(_section_default("chrome"), takes_self=True),
+        converter=_section_converter("chrome"),
+        validator=_section_type("chrome"),
+    )
+    resources: ResourceSettings = attrs.field(
+        default=attrs.Factory(_section_default("resources"), takes_self=True),
+        converter=_section_converter("resources"),
+        validator=_section_type("resources"),
+    )
+    log_level: str = attrs.field(
+        default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    )
+
+    def evolve(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes``; a section given as a mapping updates only those keys.
+
+        Changing ``profile`` alone re-bases every section on the new profile's defaults.
+        """
+        layers: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key in _SECTIONS and isinstance(value, Mapping):
+                layers[key] = _build_section(key, dict(value), base=getattr(self, key))
+            elif key in _SECTIONS or key in ("profile", "log_level"):
+                layers[key] = value
+            else:
+                raise ConfigError(f"{key}: unknown setting", key=key)
+        if "profile" in layers and not any(k in _SECTIONS for k in layers):
+            return Settings(profile=layers["profile"], log_level=layers.get("log_level", self.log_level))
+        return attrs.evolve(self, **layers)
+
+    # -- loaders --------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        profile: str | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from environment variables (see ``ENV_VARS``) over profile defaults.
+
+        ``overrides`` (``cache={...}``, ``log_level=...``) win over the environment.
+        """
+        return cls._load(yaml_data=None, environ=environ, profile=profile, overrides=overrides)
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        profile: str | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from a YAML file's ``performance:`` mapping (see ``YAML_KEYS``).
+
+        Environment variables still win over the file, so a deployment can override it;
+        pass ``environ={}`` to read the file alone. Needs ``pip install 'leadperf[yaml]'``.
+        """
+        yaml = require("yaml", "yaml", "pyyaml")
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read settings file {p}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"settings file {p} is not valid YAML: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping) or not isinstance(data.get("performance", {}), Mapping):
+            raise ConfigError(
+                f"settings file {p}: expected a top-level 'performance:' mapping", key="performance"
+            )
+        unknown_top = set(data) - {"performance"}
+        if unknown_top:
+            key = sorted(unknown_top)[0]
+            raise ConfigError(f"{key}: unknown top-level key in {p}; use 'performance:'", key=key)
+        return cls._load(
+            yaml_data=dict(data.get("performance") or {}),
+            environ=environ,
+            profile=profile,
+            overrides=overrides,
+        )
+
+    @classmethod
+    def _load(
+        cls,
+        *,
+        yaml_data: dict[str, Any] | None,
+        environ: Mapping[str, str] | None,
+        profile: str | None,
+        overrides: dict[str, Any],
+    ) -> Settings:
+        env = os.environ if environ is None else environ
+        layers: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        top: dict[str, Any] = {}
+
+        # YAML (lowest explicit layer).
+        if yaml_data:
+            for section, values in yaml_data.items():
+                if section in ("profile", "log_level"):
+                    top[section] = values
+                    continue
+                if section not in _SECTIONS:
+                    raise ConfigError(
+                        f"performance.{section}: unknown section; known sections are "
+                        f"{', '.join(_SECTIONS)}, profile, log_level",
+                        key=f"performance.{section}",
+                    )
+                if not isinstance(values, Mapping):
+                    raise ConfigError(
+                        f"performance.{section}: must be a mapping", key=f"performance.{section}"
+                    )
+                fields = attrs.fields_dict(_SECTIONS[section])
+                for key, value in values.items():
+                    if key not in fields:
+                        raise ConfigError(
+                            f"performance.{section}.{key}: unknown key; known keys are "
+                            f"{', '.join(fields)}",
+                            key=f"performance.{section}.{key}",
+                        )
+                    layers[section][key] = _coerce(
+                        f"performance.{section}.{key}", value, fields[key].type
+                    )
+
+        # Environment over YAML.
+        for env_name, (section, key) in ENV_VARS.items():
+            raw = env.get(env_name)
+            if raw is None or raw == "":
+                continue
+            if section == "":
+                top[key] = _coerce(env_name, raw.upper() if key == "log_level" else raw, "str")
+            else:
+                ftype = attrs.fields_dict(_SECTIONS[section])[key].type
+                layers[section][key] = _coerce(env_name, raw, ftype)
+
+        # Explicit arguments over everything.
+        chosen_profile = profile or overrides.pop("profile", None) or top.pop("profile", None)
+        top.pop("profile", None)
+        if "log_level" in overrides:
+            top["log_level"] = overrides.pop("log_level")
+        for key, value in overrides.items():
+            if key not in _SECTIONS:
+                raise ConfigError(f"{key}: unknown setting", key=key)
+            if isinstance(value, Mapping):
+                layers[key].update(value)
+            else:
+                layers[key] = attrs.asdict(value, recurse=False)
+
+        base = Settings(profile=chosen_profile or "balanced", **top)
+        sections = {name: values for name, values in layers.items() if values}
+        return base.evolve(**sections) if sections else base
+
+
+def _coerce(key: str, value: Any, ftype: Any) -> Any:
+    """Turn a YAML or env value into the field's type, or raise ConfigError naming ``key``."""
+    t = str(ftype)
+    if "bool" in t:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{key}: must be true or false, got {value!r}", key=key)
+    if t == "int":
+        if _is_int(value):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: must be an integer, got {value!r}", key=key) from None
+    if t == "float":
+        if _is_num(value):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: must be a number, got {value!r}", key=key) from None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {value!r}", key=key)
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+#: Environment variable -> (section, field). Section "" is a top-level field.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("database", "url"),
+    "REDIS_URL": ("cache", "redis_url"),
+    "REDIS_ENABLED": ("cache", "redis_enabled"),
+    "CHROME_POOL_SIZE": ("chrome", "pool_size"),
+    "CHROME_IDLE_TIMEOUT": ("chrome", "idle_timeout"),
+    "ASYNC_MAX_CONCURRENT": ("scraper", "max_concurrent"),
+    "ASYNC_TIMEOUT": ("scraper", "timeout"),
+    "ASYNC_MAX_CONNECTIONS": ("scraper", "max_connections"),
+    "SCREENSHOT_TARGET_SIZE_KB": ("resources", "screenshot_target_size_kb"),
+    "IMAGE_COMPRESSION_QUALITY": ("resources", "image_quality"),
+    "PERFORMANCE_CACHE_TTL": ("cache", "default_ttl"),
+    "PERFORMANCE_CACHE_MAX_SIZE": ("cache", "max_size"),
+    "PERFORMANCE_MONITORING_ENABLED": ("monitoring", "enabled"),
+    "DB_POOL_SIZE": ("database", "pool_size"),
+    "DB_MAX_OVERFLOW": ("database", "max_overflow"),
+    "DB_POOL_TIMEOUT": ("database", "pool_timeout"),
+    "LOG_LEVEL": ("", "log_level"),
+    "LEADPERF_PROFILE": ("", "profile"),
+    "LEADPERF_CACHE_URL": ("cache", "url"),
+    "LEADPERF_SCRAPER_ENGINE": ("scraper", "engine"),
+}
+
+#: Every key a YAML file may set under ``performance:``.
+YAML_KEYS: dict[str, tuple[str, ...]] = {
+    "profile": (),
+    "log_level": (),
+    **{name: tuple(attrs.fields_dict(cls)) for name, cls in _SECTIONS.items()},
+}
+
+
+def profile_settings(name: str) -> Settings:
+    """Return the defaults of profile ``name`` (raises ConfigError for an unknown one)."""
+    return Settings(profile=cast(str, name))

@@ -1,0 +1,181 @@
+"""Exceptions raised by leadperf.
+
+Every error leadperf raises on purpose derives from :class:`LeadperfError` and also from
+the matching builtin, so ``except TimeoutError`` keeps working in host code::
+
+    LeadperfError
+    ├── ConfigError (ValueError)               bad setting, argument or URL
+    ├── MissingDependencyError (ImportError)   an optional extra is not installed
+    ├── ClosedError (RuntimeError)             the resource was closed and cannot reopen
+    ├── CacheError
+    │   ├── CacheUnavailableError (ConnectionError)   server unreachable
+    │   ├── CacheKeyError (ValueError)                key not a str, empty or too long
+    │   └── SerializationError (TypeError)            value the codec cannot encode/decode
+    ├── ScrapeError                             carries .url and .attempt
+    │   ├── InvalidURLError (ValueError)
+    │   ├── ScrapeTimeoutError (TimeoutError)
+    │   ├── ScrapeConnectionError (ConnectionError)
+    │   └── HTTPStatusError                     carries .status_code
+    ├── PoolError
+    │   ├── PoolExhaustedError (TimeoutError)   every instance busy past the timeout
+    │   ├── BrowserCrashedError                 the browser died or hung mid-task
+    │   └── BrowserStartError                   Chrome/chromedriver would not start
+    ├── ImageError (ValueError)                 empty, corrupt, too large or unsupported image
+    └── DatabaseError
+        ├── DatabaseUnavailableError (ConnectionError)
+        └── BulkUpsertError                     carries .batch (index) and .table
+
+Messages say what was wrong and what to do; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrowserCrashedError",
+    "BrowserStartError",
+    "BulkUpsertError",
+    "CacheError",
+    "CacheKeyError",
+    "CacheUnavailableError",
+    "ClosedError",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "HTTPStatusError",
+    "ImageError",
+    "InvalidURLError",
+    "LeadperfError",
+    "MissingDependencyError",
+    "PoolError",
+    "PoolExhaustedError",
+    "ScrapeConnectionError",
+    "ScrapeError",
+    "ScrapeTimeoutError",
+    "SerializationError",
+]
+
+
+class LeadperfError(Exception):
+    """Root of every error leadperf raises on purpose."""
+
+
+class ConfigError(LeadperfError, ValueError):
+    """A setting, argument or URL is invalid; the message names the key and the problem."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class MissingDependencyError(LeadperfError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'leadperf[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class ClosedError(LeadperfError, RuntimeError):
+    """The resource was closed; closed resources are never reopened. Create a new one."""
+
+
+# -- caches -------------------------------------------------------------------------------
+
+
+class CacheError(LeadperfError):
+    """A cache operation failed."""
+
+
+class CacheUnavailableError(CacheError, ConnectionError):
+    """The cache's server cannot be reached. Check the URL and that the server runs."""
+
+
+class CacheKeyError(CacheError, ValueError):
+    """A cache key is not a non-empty ``str`` within the documented maximum length."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A value cannot be encoded (or stored bytes cannot be decoded) by the cache codec."""
+
+
+# -- scraper ------------------------------------------------------------------------------
+
+
+class ScrapeError(LeadperfError):
+    """Fetching a URL failed; ``url`` and ``attempt`` say which and when."""
+
+    def __init__(self, message: str, *, url: str | None = None, attempt: int = 0) -> None:
+        super().__init__(message)
+        self.url = url
+        self.attempt = attempt
+
+
+class InvalidURLError(ScrapeError, ValueError):
+    """The URL is not an absolute http(s) URL."""
+
+
+class ScrapeTimeoutError(ScrapeError, TimeoutError):
+    """The request did not complete within the timeout."""
+
+
+class ScrapeConnectionError(ScrapeError, ConnectionError):
+    """The connection could not be made or was dropped."""
+
+
+class HTTPStatusError(ScrapeError):
+    """The server answered with an error status after all retries."""
+
+    def __init__(
+        self, message: str, *, url: str | None = None, attempt: int = 0, status_code: int = 0
+    ) -> None:
+        super().__init__(message, url=url, attempt=attempt)
+        self.status_code = status_code
+
+
+# -- chrome pool --------------------------------------------------------------------------
+
+
+class PoolError(LeadperfError):
+    """A Chrome pool operation failed."""
+
+
+class PoolExhaustedError(PoolError, TimeoutError):
+    """Every instance stayed busy past the acquire timeout. Raise the timeout or pool_size."""
+
+
+class BrowserCrashedError(PoolError):
+    """The browser serving a task died or hung; it has been replaced. Retry the task."""
+
+
+class BrowserStartError(PoolError):
+    """Chrome or chromedriver could not be started; the message says which and why."""
+
+
+# -- resources ----------------------------------------------------------------------------
+
+
+class ImageError(LeadperfError, ValueError):
+    """An image is empty, corrupt, too large to decode safely, or in an unsupported format."""
+
+
+# -- database -----------------------------------------------------------------------------
+
+
+class DatabaseError(LeadperfError):
+    """A database operation failed."""
+
+
+class DatabaseUnavailableError(DatabaseError, ConnectionError):
+    """The database cannot be reached. Check DATABASE_URL and that the server runs."""
+
+
+class BulkUpsertError(DatabaseError):
+    """One batch of a bulk upsert failed and was rolled back whole."""
+
+    def __init__(self, message: str, *, table: str, batch: int) -> None:
+        super().__init__(message)
+        self.table = table
+        self.batch = batch

@@ -1,0 +1,52 @@
+"""Optimisation parts: resources (images, text), database (bulk upserts, query cache),
+archival (partitions), tuning profiles and the :class:`PerformanceOptimizer` facade.
+
+Names load lazily so that importing this package pulls in neither PIL nor psycopg.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .archive import Archiver
+    from .database import DatabaseOptimizer
+    from .optimizer import PerformanceOptimizer, get_performance_optimizer
+    from .profiles import PROFILES, Profile
+    from .resources import ResourceOptimizer, get_resource_optimizer
+
+__all__ = [
+    "PROFILES",
+    "Archiver",
+    "DatabaseOptimizer",
+    "PerformanceOptimizer",
+    "Profile",
+    "ResourceOptimizer",
+    "get_performance_optimizer",
+    "get_resource_optimizer",
+]
+
+_LAZY: dict[str, str] = {
+    "Archiver": ".archive",
+    "DatabaseOptimizer": ".database",
+    "PerformanceOptimizer": ".optimizer",
+    "get_performance_optimizer": ".optimizer",
+    "PROFILES": ".profiles",
+    "Profile": ".profiles",
+    "ResourceOptimizer": ".resources",
+    "get_resource_optimizer": ".resources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'leadperf.optimize' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,100 @@
+"""Shared fixtures: real Redis, real PostgreSQL, real Chromium; never mocks of them.
+
+Servers come from ``LEADPERF_TEST_REDIS_URL`` / ``LEADPERF_TEST_DATABASE_URL`` (default:
+the local servers on 127.0.0.1). When a server is unreachable the test is skipped with
+a reason saying how to get one, except under ``CI``, where a skip would hide that the
+suite never talked to the server: there it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+REDIS_URL = os.environ.get("LEADPERF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DATABASE_URL = os.environ.get("LEADPERF_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def service_missing(reason: str) -> None:
+    """Skip locally, fail under CI (a skipped service test must never turn CI green)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    # aiohttp, the scraper's default engine, runs on asyncio only.
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a reachable Redis server (database 15 by default, flushed by nobody)."""
+    try:
+        import redis
+    except ImportError:
+        service_missing("redis-py is not installed: pip install -e '.[all,test]'")
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        service_missing(
+            f"Redis is not reachable at LEADPERF_TEST_REDIS_URL ({type(exc).__name__}); start one: "
+            "redis-server --daemonize yes --port 6379 --save ''"
+        )
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """URL of a reachable PostgreSQL server."""
+    try:
+        import psycopg
+    except ImportError:
+        service_missing("psycopg is not installed: pip install -e '.[all,test]'")
+    try:
+        with psycopg.connect(DATABASE_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        service_missing(
+            f"PostgreSQL is not reachable at LEADPERF_TEST_DATABASE_URL ({type(exc).__name__}); "
+            "start one: pg_ctlcluster $(ls /etc/postgresql) main start"
+        )
+    return DATABASE_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh identifier-safe name, so tests sharing a server never see each other's data."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def chrome_paths() -> tuple[str, str]:
+    """(chromium binary, chromedriver) from Debian's chromium and chromium-driver packages."""
+    binary = os.environ.get("LEADPERF_TEST_CHROME") or shutil.which("chromium") or shutil.which(
+        "chromium-browser"
+    ) or shutil.which("google-chrome")
+    driver = os.environ.get("LEADPERF_TEST_CHROMEDRIVER") or shutil.which("chromedriver")
+    if not binary or not driver:
+        service_missing(
+            "chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
+        )
+    assert binary and driver
+    return binary, driver
+
+
+@pytest.fixture
+def tmp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Monkeypatch with every leadperf-related env var cleared first."""
+    from leadperf.config import ENV_VARS
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield monkeypatch
