@@ -16,7 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 REDIS_URL = os.environ.get("LEADPERF_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-DATABASE_URL = os.environ.get("LEADPERF_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DATABASE_URL = os.environ.get(
+    "LEADPERF_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def service_missing(reason: str) -> None:
@@ -78,9 +80,12 @@ def unique_name() -> str:
 @pytest.fixture(scope="session")
 def chrome_paths() -> tuple[str, str]:
     """(chromium binary, chromedriver) from Debian's chromium and chromium-driver packages."""
-    binary = os.environ.get("LEADPERF_TEST_CHROME") or shutil.which("chromium") or shutil.which(
-        "chromium-browser"
-    ) or shutil.which("google-chrome")
+    binary = (
+        os.environ.get("LEADPERF_TEST_CHROME")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
     driver = os.environ.get("LEADPERF_TEST_CHROMEDRIVER") or shutil.which("chromedriver")
     if not binary or not driver:
         service_missing(

@@ -49,5 +49,5 @@ def _shutdown() -> None:
     if cm is not None:
         try:
             cm.__exit__(None, None, None)
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:  # best effort at interpreter exit
             pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -42,10 +42,12 @@ T = TypeVar("T")
 # -- validators ---------------------------------------------------------------------------
 
 
-def _check(ok: Callable[[Any], bool], problem: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+def _check(
+    ok: Callable[[Any], bool], problem: str
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def validate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not ok(value):
-            section = type(inst).__name__.removesuffix("Settings").lower()
+            section = _SECTION_NAMES.get(type(inst), "")
             key = f"{section}.{attribute.name}" if section else attribute.name
             raise ConfigError(f"{key}: {problem}, got {value!r}", key=key)
 
@@ -152,6 +154,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "resources": ResourceSettings,
 }
 
+_SECTION_NAMES: dict[type[Any], str] = {cls: name for name, cls in _SECTIONS.items()}
+
 #: Per profile, the section values that differ from the class defaults.
 PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "balanced": {},
@@ -188,13 +192,35 @@ def _section_default(name: str) -> Callable[[Any], Any]:
     return make
 
 
-def _section_converter(name: str) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return _build_section(name, dict(value), base=None)
-        return value
+def _convert_section(name: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _build_section(name, dict(value), base=None)
+    return value
 
-    return convert
+
+# Named converters (one per section) so attrs' mypy plugin can type them.
+def _to_cache(value: Any) -> Any:
+    return _convert_section("cache", value)
+
+
+def _to_database(value: Any) -> Any:
+    return _convert_section("database", value)
+
+
+def _to_monitoring(value: Any) -> Any:
+    return _convert_section("monitoring", value)
+
+
+def _to_scraper(value: Any) -> Any:
+    return _convert_section("scraper", value)
+
+
+def _to_chrome(value: Any) -> Any:
+    return _convert_section("chrome", value)
+
+
+def _to_resources(value: Any) -> Any:
+    return _convert_section("resources", value)
 
 
 def _section_type(name: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -226,32 +252,32 @@ class Settings:
     profile: str = attrs.field(default="balanced", validator=_check_profile)
     cache: CacheSettings = attrs.field(
         default=attrs.Factory(_section_default("cache"), takes_self=True),
-        converter=_section_converter("cache"),
+        converter=_to_cache,
         validator=_section_type("cache"),
     )
     database: DatabaseSettings = attrs.field(
         default=attrs.Factory(_section_default("database"), takes_self=True),
-        converter=_section_converter("database"),
+        converter=_to_database,
         validator=_section_type("database"),
     )
     monitoring: MonitoringSettings = attrs.field(
         default=attrs.Factory(_section_default("monitoring"), takes_self=True),
-        converter=_section_converter("monitoring"),
+        converter=_to_monitoring,
         validator=_section_type("monitoring"),
     )
     scraper: ScraperSettings = attrs.field(
         default=attrs.Factory(_section_default("scraper"), takes_self=True),
-        converter=_section_converter("scraper"),
+        converter=_to_scraper,
         validator=_section_type("scraper"),
     )
     chrome: ChromeSettings = attrs.field(
         default=attrs.Factory(_section_default("chrome"), takes_self=True),
-        converter=_section_converter("chrome"),
+        converter=_to_chrome,
         validator=_section_type("chrome"),
     )
     resources: ResourceSettings = attrs.field(
         default=attrs.Factory(_section_default("resources"), takes_self=True),
-        converter=_section_converter("resources"),
+        converter=_to_resources,
         validator=_section_type("resources"),
     )
     log_level: str = attrs.field(
@@ -272,7 +298,9 @@ class Settings:
             else:
                 raise ConfigError(f"{key}: unknown setting", key=key)
         if "profile" in layers and not any(k in _SECTIONS for k in layers):
-            return Settings(profile=layers["profile"], log_level=layers.get("log_level", self.log_level))
+            return Settings(
+                profile=layers["profile"], log_level=layers.get("log_level", self.log_level)
+            )
         return attrs.evolve(self, **layers)
 
     # -- loaders --------------------------------------------------------------------------
@@ -467,4 +495,4 @@ YAML_KEYS: dict[str, tuple[str, ...]] = {
 
 def profile_settings(name: str) -> Settings:
     """Return the defaults of profile ``name`` (raises ConfigError for an unknown one)."""
-    return Settings(profile=cast(str, name))
+    return Settings(profile=name)

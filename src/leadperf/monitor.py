@@ -1,0 +1,339 @@
+"""Monitoring: psutil system sampling and a metrics registry every part reports to.
+
+:class:`SystemMonitor` samples the host and this process (CPU, memory, threads, file
+descriptors, child processes such as Chrome) in a worker thread, keeps a bounded history
+and summarises it. :class:`MetricsRegistry` collects the ``stats()`` snapshots of every
+registered part and renders them as a flat mapping or Prometheus text exposition.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+import psutil
+
+from .config import Settings
+from .errors import ClosedError, ConfigError
+
+__all__ = [
+    "MetricsRegistry",
+    "MonitorSummary",
+    "SystemMonitor",
+    "SystemSnapshot",
+    "flatten_stats",
+    "get_registry",
+]
+
+# psutil calls block briefly (they read /proc); keep them off the event loop, one at a time.
+_LIMITER: anyio.CapacityLimiter | None = None
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    global _LIMITER
+    if _LIMITER is None:
+        _LIMITER = anyio.CapacityLimiter(1)
+    return _LIMITER
+
+
+@attrs.frozen
+class SystemSnapshot:
+    """One sample of the host and this process. Memory in MB, CPU in percent."""
+
+    timestamp: float
+    cpu_percent: float
+    memory_percent: float
+    memory_used_mb: float
+    memory_available_mb: float
+    process_rss_mb: float
+    process_cpu_percent: float
+    process_threads: int
+    process_open_fds: int
+    children: int
+    children_rss_mb: float
+
+
+@attrs.frozen
+class MonitorSummary:
+    """Averages and peaks over the monitor's history."""
+
+    samples: int
+    cpu_percent_avg: float
+    cpu_percent_max: float
+    memory_percent_avg: float
+    memory_percent_max: float
+    process_rss_mb_max: float
+    children_max: int
+    children_rss_mb_max: float
+
+
+class SystemMonitor:
+    """Sample the system with psutil, in a worker thread, every ``interval`` seconds.
+
+    ``interval`` defaults to ``settings.monitoring.metrics_interval``; ``history`` bounds
+    the number of snapshots kept. Use ``async with monitor:`` (or :meth:`start` /
+    :meth:`stop`) for background sampling, or call :meth:`sample` directly.
+    """
+
+    def __init__(
+        self,
+        interval: float | None = None,
+        *,
+        history: int = 360,
+        settings: Settings | None = None,
+    ) -> None:
+        settings = settings or Settings.from_env()
+        interval = settings.monitoring.metrics_interval if interval is None else interval
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+            raise ConfigError(f"interval must be a number of seconds > 0, got {interval!r}")
+        if not isinstance(history, int) or history < 1:
+            raise ConfigError(f"history must be an integer >= 1, got {history!r}")
+        self.interval = float(interval)
+        self._history: deque[SystemSnapshot] = deque(maxlen=history)
+        self._process = psutil.Process(os.getpid())
+        self._lock = threading.Lock()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        # Prime cpu_percent so the first real sample measures an interval, not 0.0.
+        psutil.cpu_percent(interval=None)
+        self._process.cpu_percent(interval=None)
+
+    def __repr__(self) -> str:
+        return f"<SystemMonitor interval={self.interval}s samples={len(self._history)}>"
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def sample(self) -> SystemSnapshot:
+        """Take one sample now (blocking, a few milliseconds) and add it to the history."""
+        vm = psutil.virtual_memory()
+        proc = self._process
+        with proc.oneshot():
+            rss = proc.memory_info().rss
+            pcpu = proc.cpu_percent(interval=None)
+            threads = proc.num_threads()
+            try:
+                fds = proc.num_fds()
+            except (AttributeError, psutil.Error):
+                fds = 0
+        children = 0
+        children_rss = 0
+        for child in proc.children(recursive=True):
+            try:
+                children_rss += child.memory_info().rss
+                children += 1
+            except psutil.Error:
+                continue  # exited between listing and reading
+        snap = SystemSnapshot(
+            timestamp=time.time(),
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_percent=vm.percent,
+            memory_used_mb=round(vm.used / 2**20, 1),
+            memory_available_mb=round(vm.available / 2**20, 1),
+            process_rss_mb=round(rss / 2**20, 1),
+            process_cpu_percent=pcpu,
+            process_threads=threads,
+            process_open_fds=fds,
+            children=children,
+            children_rss_mb=round(children_rss / 2**20, 1),
+        )
+        with self._lock:
+            self._history.append(snap)
+        return snap
+
+    async def sample_async(self) -> SystemSnapshot:
+        """Take one sample in a worker thread (never blocks the event loop)."""
+        return await anyio.to_thread.run_sync(self.sample, limiter=_limiter())
+
+    def history(self) -> list[SystemSnapshot]:
+        """Snapshots kept so far, oldest first."""
+        with self._lock:
+            return list(self._history)
+
+    def latest(self) -> SystemSnapshot | None:
+        """The most recent snapshot, if any."""
+        with self._lock:
+            return self._history[-1] if self._history else None
+
+    def summary(self) -> MonitorSummary:
+        """Averages and peaks over the history (takes a sample if there is none)."""
+        snaps = self.history() or [self.sample()]
+        n = len(snaps)
+        return MonitorSummary(
+            samples=n,
+            cpu_percent_avg=round(sum(s.cpu_percent for s in snaps) / n, 2),
+            cpu_percent_max=max(s.cpu_percent for s in snaps),
+            memory_percent_avg=round(sum(s.memory_percent for s in snaps) / n, 2),
+            memory_percent_max=max(s.memory_percent for s in snaps),
+            process_rss_mb_max=max(s.process_rss_mb for s in snaps),
+            children_max=max(s.children for s in snaps),
+            children_rss_mb_max=max(s.children_rss_mb for s in snaps),
+        )
+
+    def stats(self) -> MonitorSummary:
+        """Same as :meth:`summary`; lets the monitor report like every other part."""
+        return self.summary()
+
+    # -- background sampling --------------------------------------------------------------
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            await self.sample_async()
+            await anyio.sleep(self.interval)
+
+    async def start(self) -> None:
+        """Start sampling in the background until :meth:`stop`."""
+        if self._closed:
+            raise ClosedError("this SystemMonitor is closed; create a new one")
+        if self._task_group is not None:
+            return
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._task_group = tg
+        await tg.start(self._run)
+
+    async def stop(self) -> None:
+        """Stop background sampling; idempotent. The history stays readable."""
+        tg, self._task_group = self._task_group, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        self._closed = True
+
+    async def __aenter__(self) -> SystemMonitor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while background sampling runs."""
+        return self._task_group is not None
+
+
+# -- metrics registry -----------------------------------------------------------------------
+
+Source = Callable[[], Any]
+_NAME_OK = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_SECRET_KEYS = ("password", "secret", "token", "dsn", "url")
+
+
+def flatten_stats(value: Any, prefix: str = "") -> dict[str, float]:
+    """Flatten an attrs snapshot / mapping of numbers into ``{"a_b_c": number}``.
+
+    Booleans become 0/1; strings, ``None`` and keys that could hold credentials are
+    dropped; nested mappings and attrs classes are joined with ``_``.
+    """
+    out: dict[str, float] = {}
+    if attrs.has(type(value)):
+        value = attrs.asdict(value, recurse=False)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            k = re.sub(r"[^a-zA-Z0-9_]", "_", str(key))
+            if any(s in k.lower() for s in _SECRET_KEYS):
+                continue
+            out.update(flatten_stats(item, f"{prefix}_{k}" if prefix else k))
+        return out
+    if isinstance(value, bool):
+        return {prefix: float(value)}
+    if isinstance(value, int | float) and prefix:
+        f = float(value)
+        if math.isfinite(f):
+            out[prefix] = f
+    return out
+
+
+class MetricsRegistry:
+    """Named sources of ``stats()`` snapshots, collected on demand.
+
+    ``registry.register("cache", cache.stats)``; :meth:`collect` returns every source's
+    flattened numbers, :meth:`to_prometheus` the Prometheus text exposition with the
+    ``leadperf_`` prefix. A source that raises is reported under ``errors``, not raised.
+    """
+
+    def __init__(self, prefix: str = "leadperf") -> None:
+        if not _NAME_OK.match(prefix):
+            raise ConfigError(f"metrics prefix must match {_NAME_OK.pattern}, got {prefix!r}")
+        self.prefix = prefix
+        self._sources: dict[str, Source] = {}
+        self._lock = threading.Lock()
+        self.errors: dict[str, str] = {}
+
+    def register(self, name: str, source: Source) -> None:
+        """Add (or replace) the source called ``name``."""
+        if not _NAME_OK.match(name):
+            raise ConfigError(f"metrics source name must match {_NAME_OK.pattern}, got {name!r}")
+        with self._lock:
+            self._sources[name] = source
+
+    def unregister(self, name: str) -> None:
+        """Remove the source called ``name`` if present."""
+        with self._lock:
+            self._sources.pop(name, None)
+
+    def names(self) -> list[str]:
+        """Registered source names, sorted."""
+        with self._lock:
+            return sorted(self._sources)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def collect(self) -> dict[str, dict[str, float]]:
+        """``{source: {metric: value}}`` for every registered source."""
+        with self._lock:
+            sources = dict(self._sources)
+        out: dict[str, dict[str, float]] = {}
+        errors: dict[str, str] = {}
+        for name, source in sorted(sources.items()):
+            try:
+                out[name] = flatten_stats(source())
+            except Exception as exc:  # a broken source must not hide the others
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        self.errors = errors
+        return out
+
+    def to_prometheus(self) -> str:
+        """Prometheus text exposition (version 0.0.4) of :meth:`collect`."""
+        lines: list[str] = []
+        for source, metrics in self.collect().items():
+            for metric, value in sorted(metrics.items()):
+                name = f"{self.prefix}_{source}_{metric}"
+                lines.append(f"# TYPE {name} gauge")
+                lines.append(f"{name} {_prom_value(value)}")
+        lines.append(f"# TYPE {self.prefix}_source_errors gauge")
+        lines.append(f"{self.prefix}_source_errors {len(self.errors)}")
+        return "\n".join(lines) + "\n"
+
+
+def _prom_value(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+_registry: MetricsRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def get_registry() -> MetricsRegistry:
+    """The process-wide default registry."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = MetricsRegistry()
+        return _registry

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from leadperf import ConfigError, Settings
+from leadperf.config import ENV_VARS, PROFILE_DEFAULTS, YAML_KEYS
+
+
+def test_defaults_are_balanced_profile() -> None:
+    s = Settings()
+    assert s.profile == "balanced"
+    assert s.scraper.max_concurrent == 5
+    assert s.chrome.pool_size == 10
+    assert s.cache.default_ttl == 3600.0
+    assert s.resources.screenshot_target_size_kb == 200
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        s.profile = "memory_focused"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        s.cache.max_size = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("profile", list(PROFILE_DEFAULTS))
+def test_profiles_apply_their_values(profile: str) -> None:
+    s = Settings(profile=profile)
+    for section, values in PROFILE_DEFAULTS[profile].items():
+        for key, value in values.items():
+            assert getattr(getattr(s, section), key) == value
+
+
+def test_profiles_differ_where_it_matters() -> None:
+    mem, perf = Settings(profile="memory_focused"), Settings(profile="performance_focused")
+    assert mem.cache.max_size < Settings().cache.max_size < perf.cache.max_size
+    assert mem.chrome.pool_size < perf.chrome.pool_size
+    assert mem.scraper.max_concurrent < perf.scraper.max_concurrent
+
+
+def test_evolve_updates_only_given_keys() -> None:
+    s = Settings(profile="memory_focused")
+    t = s.evolve(scraper={"max_concurrent": 8}, log_level="DEBUG")
+    assert t.scraper.max_concurrent == 8
+    assert t.scraper.max_connections == s.scraper.max_connections
+    assert t.cache == s.cache
+    assert t.log_level == "DEBUG"
+    assert s.scraper.max_concurrent == 3  # original untouched
+
+
+def test_evolve_profile_rebases_sections() -> None:
+    s = Settings().evolve(profile="performance_focused")
+    assert s.cache.max_size == 50_000
+
+
+def test_evolve_unknown_key() -> None:
+    with pytest.raises(ConfigError, match="nope"):
+        Settings().evolve(nope=1)
+    with pytest.raises(ConfigError, match=r"scraper\.bogus"):
+        Settings().evolve(scraper={"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"profile": "fastest"}, "profile"),
+        ({"scraper": {"max_concurrent": 0}}, "scraper.max_concurrent"),
+        ({"scraper": {"timeout": -1}}, "scraper.timeout"),
+        ({"scraper": {"engine": "curl"}}, "scraper.engine"),
+        ({"cache": {"compression": "zstd"}}, "cache.compression"),
+        ({"cache": {"max_size": True}}, "cache.max_size"),
+        ({"resources": {"image_quality": 101}}, "resources.image_quality"),
+        ({"log_level": "LOUD"}, "log_level"),
+    ],
+)
+def test_bad_values_name_the_key(kwargs: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings(**kwargs)  # type: ignore[arg-type]
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_from_env_reads_every_documented_name(tmp_env: pytest.MonkeyPatch) -> None:
+    values = {
+        "DATABASE_URL": "postgresql://u:secret@db/x",
+        "REDIS_URL": "redis://:secret@r:6379/0",
+        "REDIS_ENABLED": "true",
+        "CHROME_POOL_SIZE": "3",
+        "CHROME_IDLE_TIMEOUT": "45",
+        "ASYNC_MAX_CONCURRENT": "7",
+        "ASYNC_TIMEOUT": "12.5",
+        "ASYNC_MAX_CONNECTIONS": "70",
+        "SCREENSHOT_TARGET_SIZE_KB": "150",
+        "IMAGE_COMPRESSION_QUALITY": "80",
+        "PERFORMANCE_CACHE_TTL": "60",
+        "PERFORMANCE_CACHE_MAX_SIZE": "500",
+        "PERFORMANCE_MONITORING_ENABLED": "0",
+        "DB_POOL_SIZE": "4",
+        "DB_MAX_OVERFLOW": "6",
+        "DB_POOL_TIMEOUT": "9",
+        "LOG_LEVEL": "debug",
+    }
+    for k, v in values.items():
+        tmp_env.setenv(k, v)
+    s = Settings.from_env()
+    assert s.database.url == "postgresql://u:secret@db/x"
+    assert s.cache.redis_url == "redis://:secret@r:6379/0"
+    assert s.cache.redis_enabled is True
+    assert (s.chrome.pool_size, s.chrome.idle_timeout) == (3, 45.0)
+    assert (s.scraper.max_concurrent, s.scraper.timeout, s.scraper.max_connections) == (7, 12.5, 70)
+    assert (s.resources.screenshot_target_size_kb, s.resources.image_quality) == (150, 80)
+    assert (s.cache.default_ttl, s.cache.max_size) == (60.0, 500)
+    assert s.monitoring.enabled is False
+    assert (s.database.pool_size, s.database.max_overflow, s.database.pool_timeout) == (4, 6, 9.0)
+    assert s.log_level == "DEBUG"
+    assert set(values) <= set(ENV_VARS)
+
+
+def test_env_bad_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="ASYNC_MAX_CONCURRENT") as info:
+        Settings.from_env({"ASYNC_MAX_CONCURRENT": "lots"})
+    assert info.value.key == "ASYNC_MAX_CONCURRENT"
+    with pytest.raises(ConfigError, match="REDIS_ENABLED"):
+        Settings.from_env({"REDIS_ENABLED": "maybe"})
+    with pytest.raises(ConfigError, match=r"scraper\.max_concurrent"):
+        Settings.from_env({"ASYNC_MAX_CONCURRENT": "-2"})
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "performance.yaml"
+    p.write_text(text)
+    return p
+
+
+YAML = """
+performance:
+  cache:
+    enabled: true
+    redis_url: redis://127.0.0.1:6379/1
+    default_ttl: 120
+    max_size: 300
+    compression: gzip
+  database:
+    pool_size: 3
+    max_overflow: 2
+    pool_timeout: 5
+    enable_query_cache: false
+  monitoring:
+    enabled: true
+    metrics_interval: 15
+    system_monitoring: false
+"""
+
+
+def test_from_yaml_reads_documented_keys(tmp_path: Path) -> None:
+    s = Settings.from_yaml(_write(tmp_path, YAML), environ={})
+    assert s.cache.redis_url == "redis://127.0.0.1:6379/1"
+    assert (s.cache.default_ttl, s.cache.max_size, s.cache.compression) == (120.0, 300, "gzip")
+    assert (s.database.pool_size, s.database.max_overflow, s.database.pool_timeout) == (3, 2, 5.0)
+    assert s.database.enable_query_cache is False
+    assert (s.monitoring.metrics_interval, s.monitoring.system_monitoring) == (15.0, False)
+    for key in ("enabled", "redis_url", "default_ttl", "max_size", "compression"):
+        assert key in YAML_KEYS["cache"]
+
+
+def test_precedence_arguments_over_env_over_yaml_over_profile(tmp_path: Path) -> None:
+    path = _write(tmp_path, YAML + "  profile: memory_focused\n")
+    only_yaml = Settings.from_yaml(path, environ={})
+    assert only_yaml.profile == "memory_focused"
+    assert only_yaml.cache.max_size == 300  # YAML over profile (2000)
+    assert only_yaml.chrome.pool_size == 3  # profile default where YAML is silent
+    env = {"PERFORMANCE_CACHE_MAX_SIZE": "400", "PERFORMANCE_CACHE_TTL": "90"}
+    with_env = Settings.from_yaml(path, environ=env)
+    assert with_env.cache.max_size == 400
+    assert with_env.cache.default_ttl == 90.0
+    explicit = Settings.from_yaml(path, environ=env, cache={"max_size": 500})
+    assert explicit.cache.max_size == 500
+    assert explicit.cache.default_ttl == 90.0
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("performance:\n  cache:\n    max_sise: 3\n", "performance.cache.max_sise"),
+        ("performance:\n  caches: {}\n", "performance.caches"),
+        ("performance:\n  cache:\n    max_size: many\n", "performance.cache.max_size"),
+        ("performance:\n  monitoring:\n    enabled: perhaps\n", "performance.monitoring.enabled"),
+        ("settings:\n  cache: {}\n", "settings"),
+    ],
+)
+def test_yaml_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_yaml(_write(tmp_path, text), environ={})
+    assert info.value.key == key
+
+
+def test_yaml_missing_file_and_bad_syntax(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.from_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Settings.from_yaml(_write(tmp_path, "performance: [unclosed\n"))
+
+
+def test_repr_masks_credentials() -> None:
+    s = Settings().evolve(
+        database={"url": "postgresql://user:hunter2@db:5432/x"},
+        cache={"redis_url": "redis://:hunter2@r:6379/0"},
+    )
+    text = repr(s)
+    assert "hunter2" not in text
+    assert "user:***@db:5432" in text
+    assert s.database.url is not None
+    assert "hunter2" in s.database.url
