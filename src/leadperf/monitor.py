@@ -163,6 +163,10 @@ class SystemMonitor:
         with self._lock:
             return self._history[-1] if self._history else None
 
+    def latest_or_sample(self) -> SystemSnapshot:
+        """The latest snapshot, or a fresh sample when there is none yet."""
+        return self.latest() or self.sample()
+
     def summary(self) -> MonitorSummary:
         """Averages and peaks over the history (takes a sample if there is none)."""
         snaps = self.history() or [self.sample()]
