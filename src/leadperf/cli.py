@@ -33,10 +33,9 @@ def settings_as_dict(settings: Settings) -> dict[str, Any]:
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_yaml(args.config) if args.config else Settings.from_env()
-    if args.profile:
-        settings = settings.evolve(profile=args.profile)
-    return settings
+    if args.config:
+        return Settings.from_yaml(args.config, profile=args.profile)
+    return Settings.from_env(profile=args.profile)
 
 
 def _dump(data: Any) -> None:

@@ -287,7 +287,8 @@ class Settings:
     def evolve(self, **changes: Any) -> Settings:
         """Return a copy with ``changes``; a section given as a mapping updates only those keys.
 
-        Changing ``profile`` alone re-bases every section on the new profile's defaults.
+        Changing ``profile`` applies that profile's overrides on top of the current values
+        (URLs and other settings the profile does not tune are kept).
         """
         layers: dict[str, Any] = {}
         for key, value in changes.items():
@@ -297,10 +298,11 @@ class Settings:
                 layers[key] = value
             else:
                 raise ConfigError(f"{key}: unknown setting", key=key)
-        if "profile" in layers and not any(k in _SECTIONS for k in layers):
-            return Settings(
-                profile=layers["profile"], log_level=layers.get("log_level", self.log_level)
-            )
+        if "profile" in layers:
+            # A new profile brings its overrides; sections given explicitly win over them.
+            for section, values in PROFILE_DEFAULTS.get(layers["profile"], {}).items():
+                if section not in layers:
+                    layers[section] = _build_section(section, dict(values), getattr(self, section))
         return attrs.evolve(self, **layers)
 
     # -- loaders --------------------------------------------------------------------------

@@ -101,7 +101,8 @@ class SystemMonitor:
         self._history: deque[SystemSnapshot] = deque(maxlen=history)
         self._process = psutil.Process(os.getpid())
         self._lock = threading.Lock()
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._closed = False
         # Prime cpu_percent so the first real sample measures an interval, not 0.0.
         psutil.cpu_percent(interval=None)
@@ -188,30 +189,44 @@ class SystemMonitor:
 
     # -- background sampling --------------------------------------------------------------
 
-    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        task_status.started()
-        while True:
-            await self.sample_async()
-            await anyio.sleep(self.interval)
+    # Sampling runs in a daemon thread rather than an event-loop task: psutil blocks anyway,
+    # and a thread works the same whether the monitor is driven from async code, a script
+    # or the shared portal (where start and stop run in different tasks).
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.sample()
+            except psutil.Error:
+                pass  # a transient /proc read failure must not end monitoring
+            stop.wait(self.interval)
+
+    def start_sync(self) -> None:
+        """Start sampling in a background thread until :meth:`stop_sync`."""
+        if self._closed:
+            raise ClosedError("this SystemMonitor is closed; create a new one")
+        if self._thread is not None:
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="leadperf-monitor", daemon=True
+        )
+        self._thread.start()
+
+    def stop_sync(self) -> None:
+        """Stop background sampling and wait for the thread; idempotent."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join()
+        self._closed = True
 
     async def start(self) -> None:
         """Start sampling in the background until :meth:`stop`."""
-        if self._closed:
-            raise ClosedError("this SystemMonitor is closed; create a new one")
-        if self._task_group is not None:
-            return
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._task_group = tg
-        await tg.start(self._run)
+        self.start_sync()
 
     async def stop(self) -> None:
         """Stop background sampling; idempotent. The history stays readable."""
-        tg, self._task_group = self._task_group, None
-        if tg is not None:
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-        self._closed = True
+        await anyio.to_thread.run_sync(self.stop_sync)
 
     async def __aenter__(self) -> SystemMonitor:
         await self.start()
@@ -225,10 +240,22 @@ class SystemMonitor:
     ) -> None:
         await self.stop()
 
+    def __enter__(self) -> SystemMonitor:
+        self.start_sync()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_sync()
+
     @property
     def running(self) -> bool:
         """True while background sampling runs."""
-        return self._task_group is not None
+        return self._thread is not None
 
 
 # -- metrics registry -----------------------------------------------------------------------

@@ -6,12 +6,13 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .._portal import run_sync
+from .._portal import get_portal, run_sync
 from ..config import Settings
 from ..errors import ClosedError, ConfigError
 from ..monitor import MetricsRegistry, SystemMonitor
@@ -64,6 +65,7 @@ class PerformanceOptimizer:
         self._state = _State.NEW
         self._parts: dict[str, Any] = {}
         self._entered: set[str] = set()
+        self._sync_cm: AbstractContextManager[PerformanceOptimizer] | None = None
         for name, part in (
             ("cache", cache),
             ("scraper", scraper),
@@ -237,7 +239,12 @@ class PerformanceOptimizer:
         await self.aclose()
 
     def __enter__(self) -> PerformanceOptimizer:
-        return run_sync(self.open)
+        # Enter and exit in one task on the shared portal's loop: parts may hold task
+        # groups, whose scopes must be left by the task that entered them.
+        cm = get_portal().wrap_async_context_manager(self)
+        result = cm.__enter__()
+        self._sync_cm = cm
+        return result
 
     def __exit__(
         self,
@@ -249,7 +256,11 @@ class PerformanceOptimizer:
 
     def close(self) -> None:
         """Blocking :meth:`aclose` (runs on leadperf's shared background loop)."""
-        run_sync(self.aclose)
+        cm, self._sync_cm = self._sync_cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+        else:
+            run_sync(self.aclose)
 
     # -- analysis and tuning --------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class Profile:
         """``base`` (default: the profile's own defaults) with this profile applied."""
         if base is None:
             return Settings(profile=self.name)
-        return base.evolve(profile=self.name, **{k: dict(v) for k, v in self.overrides.items()})
+        return base.evolve(profile=self.name)
 
     def apply_gc(self) -> tuple[int, int, int]:
         """Set the interpreter's GC thresholds for this profile; returns the previous ones."""
