@@ -1,0 +1,618 @@
+"""The Cache protocol, its stats snapshot, and the wrapper every backend shares.
+
+A backend implements a few raw primitives on already-namespaced keys and stored
+values (``_get``, ``_set``, ``_get_many`` ...). :class:`BaseCache` turns them into the
+public protocol once: key and TTL validation, the namespace, the codec, stats counting,
+lazy opening and the error policy (an unreachable server gives a miss and counts an
+error, or raises with ``raise_errors=True``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+from ..errors import CacheKeyError, CacheUnavailableError, ClosedError, ConfigError
+from ._codec import Codec
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ..config import Settings
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_NAMESPACE_LENGTH",
+    "BaseCache",
+    "Cache",
+    "CacheStats",
+]
+
+#: Longest key accepted, in characters (keeps every backend's index happy).
+MAX_KEY_LENGTH: Final = 512
+#: Longest namespace accepted, in characters.
+MAX_NAMESPACE_LENGTH: Final = 128
+
+MISSING: Final[Any] = object()
+
+
+@attrs.frozen
+class CacheStats:
+    """Counters of one cache since it was created; a frozen snapshot.
+
+    ``hit_rate`` is ``hits / (hits + misses)`` (0.0 before any lookup). ``evictions``
+    counts entries dropped to respect ``max_size`` (expiry is not an eviction).
+    ``errors`` counts operations that failed on the server. ``size`` is the number of
+    live entries where the backend knows it cheaply, else None.
+    """
+
+    backend: str
+    hits: int = 0
+    misses: int = 0
+    hit_rate: float = 0.0
+    sets: int = 0
+    deletes: int = 0
+    evictions: int = 0
+    errors: int = 0
+    size: int | None = None
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What every leadperf cache offers: async, TTL in seconds, str keys, any codec value."""
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value stored under ``key``, or ``default`` when absent or expired."""
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` for ``ttl`` seconds (None: the cache's default TTL)."""
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; True when stored."""
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True when a live entry was removed."""
+
+    async def exists(self, key: str) -> bool:
+        """True when ``key`` holds a live entry."""
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Return ``{key: value}`` for the keys present; absent keys are left out."""
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Store every item of ``mapping`` with one TTL."""
+
+    async def clear(self, pattern: str | None = None) -> int:
+        """Remove entries matching glob ``pattern`` (all when None) in this namespace."""
+
+    def stats(self) -> CacheStats:
+        """Return a snapshot of this cache's counters."""
+
+    async def close(self) -> None:
+        """Release connections; idempotent. A closed cache raises ClosedError."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# -- validation helpers ---------------------------------------------------------------------
+
+
+def check_ttl(ttl: Any, name: str = "ttl") -> float:
+    """Return ``ttl`` as a float of seconds > 0, or raise ConfigError naming it."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0 or math.isinf(ttl):
+        raise ConfigError(
+            f"{name}: must be a finite number of seconds > 0, got {ttl!r}; "
+            "pass None to use the cache's default TTL",
+            key=name,
+        )
+    return float(ttl)
+
+
+def check_namespace(namespace: Any) -> str:
+    if (
+        not isinstance(namespace, str)
+        or not namespace
+        or len(namespace) > MAX_NAMESPACE_LENGTH
+        or "\x00" in namespace
+    ):
+        raise ConfigError(
+            f"namespace: must be a non-empty str of at most {MAX_NAMESPACE_LENGTH} characters "
+            f"without NUL, got {namespace!r}",
+            key="namespace",
+        )
+    return namespace
+
+
+def bad_key(key: Any) -> CacheKeyError:
+    if not isinstance(key, str):
+        return CacheKeyError(
+            f"cache keys must be str, got {type(key).__name__} {key!r:.80}; convert it, "
+            "e.g. str(key) or a hash of it"
+        )
+    if not key:
+        return CacheKeyError("cache keys must not be empty")
+    if "\x00" in key:
+        return CacheKeyError(f"cache keys must not contain NUL characters, got {key!r:.80}")
+    return CacheKeyError(
+        f"cache key is {len(key)} characters, more than the {MAX_KEY_LENGTH} allowed; "
+        f"hash long keys (e.g. hashlib.sha256(key.encode()).hexdigest()): {key[:40]!r}..."
+    )
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile glob ``pattern`` (``*`` any run, ``?`` one char, all else literal)."""
+    parts = []
+    for ch in pattern:
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def check_pattern(pattern: Any) -> str:
+    if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_KEY_LENGTH:
+        raise ConfigError(
+            f"pattern: must be a non-empty glob str of at most {MAX_KEY_LENGTH} characters "
+            f"('*' any run, '?' one character), got {pattern!r:.80}",
+            key="pattern",
+        )
+    return pattern
+
+
+# -- the shared wrapper ---------------------------------------------------------------------
+
+
+class BaseCache:
+    """Behaviour every backend shares, over its raw primitives. Not used directly.
+
+    Subclasses set ``scheme``, declare the exceptions meaning "server unreachable" with
+    ``_set_unavailable`` and implement ``_open``, ``_close``, ``_get``, ``_get_many``, ``_set``,
+    ``_set_many``, ``_add``, ``_delete``, ``_exists``, ``_clear`` and ``_get_with_ttl`` on
+    namespaced keys and stored values (``_dump``/``_load`` turn values into stored form).
+    """
+
+    scheme: ClassVar[str] = ""
+    _unavailable: tuple[type[BaseException], ...] = ()
+    # Stored keys are "<namespace>:<key>"; backends without a shared store leave it "".
+    _uses_prefix: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "leadperf",
+        default_ttl: float | None = None,
+        codec: Codec | None = None,
+        raise_errors: bool = False,
+        settings: Settings | None = None,
+    ) -> None:
+        if settings is None:
+            from ..config import Settings
+
+            settings = Settings.from_env()
+        self._settings = settings
+        self.namespace = check_namespace(namespace)
+        self.default_ttl = check_ttl(
+            settings.cache.default_ttl if default_ttl is None else default_ttl, "default_ttl"
+        )
+        if codec is not None and not isinstance(codec, Codec):
+            raise ConfigError(f"codec: must be a Codec, got {codec!r}", key="codec")
+        self.codec = codec if codec is not None else Codec.from_settings(settings)
+        self._raise_errors = bool(raise_errors)
+        self._prefix = f"{self.namespace}:" if self._uses_prefix else ""
+        self._catch: tuple[type[BaseException], ...] = (CacheUnavailableError,)
+        self._state = State.NEW
+        self._open_lock: anyio.Lock | None = None
+        self._open_failed_at = 0.0
+        self._reopen_after = 1.0
+        self._hits = 0
+        self._misses = 0
+        self._sets = 0
+        self._deletes = 0
+        self._evictions = 0
+        self._errors = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran; a closed cache is never reopened."""
+        return self._state is State.CLOSED
+
+    async def open(self) -> None:
+        """Connect now (otherwise the first operation does). Raises CacheUnavailableError."""
+        if self._state is State.OPEN:
+            return
+        if self._state is State.CLOSED:
+            raise ClosedError(f"{self!r} is closed; create a new cache")
+        if self._open_lock is None:
+            self._open_lock = anyio.Lock()
+        async with self._open_lock:
+            if self._state is State.NEW:
+                try:
+                    await self._open()
+                except CacheUnavailableError:
+                    raise
+                except self._unavailable as exc:
+                    raise self._unavailable_error(exc) from exc
+                self._state = State.OPEN
+            elif self._state is State.CLOSED:
+                raise ClosedError(f"{self!r} is closed; create a new cache")
+
+    async def close(self) -> None:
+        """Release connections and pools; idempotent."""
+        if self._state is State.CLOSED:
+            return
+        was_open = self._state is State.OPEN
+        self._state = State.CLOSED
+        if was_open:
+            await self._close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _ensure(self) -> None:
+        """Open lazily; raise ClosedError when closed (callers test the state first).
+
+        After a failed lazy open the server is not tried again for ``_reopen_after``
+        seconds: calls fail at once instead of each waiting out a connect timeout.
+        """
+        if self._state is State.CLOSED:
+            raise ClosedError(f"{self!r} is closed; create a new cache")
+        wait = self._open_failed_at + self._reopen_after - time.monotonic()
+        if self._open_failed_at and wait > 0:
+            raise CacheUnavailableError(
+                f"{self!r} could not connect moments ago; next attempt in {wait:.1f}s"
+            )
+        try:
+            await self.open()
+        except CacheUnavailableError:
+            self._open_failed_at = time.monotonic()
+            raise
+        self._open_failed_at = 0.0
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _set_unavailable(self, *types: type[BaseException]) -> None:
+        """Declare the backend's exceptions that mean "the server cannot be reached"."""
+        self._unavailable = types
+        self._catch = (*types, CacheUnavailableError)
+
+    def _unavailable_error(self, exc: BaseException) -> CacheUnavailableError:
+        return CacheUnavailableError(
+            f"{self!r} cannot reach its server ({type(exc).__name__}: {exc}); check the URL "
+            "and that the server runs"
+        )
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a server failure; raise CacheUnavailableError when ``raise_errors``."""
+        self._errors += 1
+        if self._raise_errors:
+            if isinstance(exc, CacheUnavailableError):
+                raise exc
+            raise self._unavailable_error(exc) from exc
+
+    def _key(self, key: Any) -> str:
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            raise bad_key(key)
+        return self._prefix + key
+
+    def _ttl(self, ttl: Any) -> float:
+        if ttl is None:
+            return self.default_ttl
+        return check_ttl(ttl)
+
+    def _dump(self, value: Any) -> Any:
+        return self.codec.encode(value)
+
+    def _load(self, stored: Any) -> Any:
+        return self.codec.decode(stored)
+
+    def _load_or_fail(self, stored: Any) -> Any:
+        """Decode a stored entry; a corrupt one counts as an error and a miss."""
+        try:
+            return self._load(stored)
+        except Exception as exc:
+            self._errors += 1
+            if self._raise_errors:
+                raise
+            del exc
+            return MISSING
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value under ``key``, or ``default`` when absent, expired or unreachable.
+
+        Raises CacheKeyError for a bad key, ClosedError after close, and
+        CacheUnavailableError/SerializationError only with ``raise_errors=True``.
+        """
+        k = self._key(key)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            stored = await self._get(k)
+        except self._catch as exc:
+            self._failed(exc)
+            self._misses += 1
+            return default
+        if stored is None:
+            self._misses += 1
+            return default
+        value = self._load_or_fail(stored)
+        if value is MISSING:
+            self._misses += 1
+            return default
+        self._hits += 1
+        return value
+
+    async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        """Return ``(value, seconds left or None)`` for a live entry, else None."""
+        k = self._key(key)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            found = await self._get_with_ttl(k)
+        except self._catch as exc:
+            self._failed(exc)
+            self._misses += 1
+            return None
+        if found is None:
+            self._misses += 1
+            return None
+        value = self._load_or_fail(found[0])
+        if value is MISSING:
+            self._misses += 1
+            return None
+        self._hits += 1
+        return value, found[1]
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default: ``default_ttl``).
+
+        Raises CacheKeyError, ConfigError (bad ttl) or SerializationError before anything
+        is written; a server failure counts an error (raises with ``raise_errors=True``).
+        """
+        k = self._key(key)
+        seconds = self._ttl(ttl)
+        stored = self._dump(value)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            await self._set(k, stored, seconds)
+        except self._catch as exc:
+            self._failed(exc)
+            return
+        self._sets += 1
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only when ``key`` holds no live entry; True when stored."""
+        k = self._key(key)
+        seconds = self._ttl(ttl)
+        stored = self._dump(value)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            added = await self._add(k, stored, seconds)
+        except self._catch as exc:
+            self._failed(exc)
+            return False
+        if added:
+            self._sets += 1
+        return added
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True when a live entry was removed."""
+        k = self._key(key)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            deleted = await self._delete(k)
+        except self._catch as exc:
+            self._failed(exc)
+            return False
+        if deleted:
+            self._deletes += 1
+        return deleted
+
+    async def exists(self, key: str) -> bool:
+        """True when ``key`` holds a live entry (counts neither hit nor miss)."""
+        k = self._key(key)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            return await self._exists(k)
+        except self._catch as exc:
+            self._failed(exc)
+            return False
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Return ``{key: value}`` for the live keys among ``keys``, in one round trip."""
+        wanted = list(dict.fromkeys(keys))
+        stored_keys = [self._key(k) for k in wanted]
+        if not wanted:
+            return {}
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            found = await self._get_many(stored_keys)
+        except self._catch as exc:
+            self._failed(exc)
+            self._misses += len(wanted)
+            return {}
+        result: dict[str, Any] = {}
+        load = self._load_or_fail
+        for key, stored in zip(wanted, found, strict=True):
+            if stored is not None:
+                value = load(stored)
+                if value is not MISSING:
+                    result[key] = value
+        self._hits += len(result)
+        self._misses += len(wanted) - len(result)
+        return result
+
+    async def get_many_with_ttl(self, keys: Sequence[str]) -> dict[str, tuple[Any, float | None]]:
+        """Like :meth:`get_many`, with each live entry's seconds left (None: no expiry)."""
+        wanted = list(dict.fromkeys(keys))
+        stored_keys = [self._key(k) for k in wanted]
+        if not wanted:
+            return {}
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            found = await self._get_many_with_ttl(stored_keys)
+        except self._catch as exc:
+            self._failed(exc)
+            self._misses += len(wanted)
+            return {}
+        result: dict[str, tuple[Any, float | None]] = {}
+        for key, item in zip(wanted, found, strict=True):
+            if item is not None:
+                value = self._load_or_fail(item[0])
+                if value is not MISSING:
+                    result[key] = (value, item[1])
+        self._hits += len(result)
+        self._misses += len(wanted) - len(result)
+        return result
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Store every item of ``mapping`` for ``ttl`` seconds; all encoded before any write."""
+        seconds = self._ttl(ttl)
+        items = [(self._key(k), self._dump(v)) for k, v in mapping.items()]
+        if not items:
+            return
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            await self._set_many(items, seconds)
+        except self._catch as exc:
+            self._failed(exc)
+            return
+        self._sets += len(items)
+
+    async def clear(self, pattern: str | None = None) -> int:
+        """Remove entries whose key matches glob ``pattern`` (all when None); return count.
+
+        Only this cache's namespace is touched. In ``pattern``, ``*`` matches any run of
+        characters and ``?`` one character; every other character is literal.
+        """
+        if pattern is not None:
+            check_pattern(pattern)
+        try:
+            if self._state is not State.OPEN:
+                await self._ensure()
+            removed = await self._clear(pattern)
+        except self._catch as exc:
+            self._failed(exc)
+            return 0
+        self._deletes += removed
+        return removed
+
+    def stats(self) -> CacheStats:
+        """Return a frozen snapshot of this cache's counters."""
+        lookups = self._hits + self._misses
+        return CacheStats(
+            backend=self.scheme,
+            hits=self._hits,
+            misses=self._misses,
+            hit_rate=self._hits / lookups if lookups else 0.0,
+            sets=self._sets,
+            deletes=self._deletes,
+            evictions=self._evictions,
+            errors=self._errors,
+            size=self._size(),
+        )
+
+    def _size(self) -> int | None:
+        return None
+
+    # -- raw primitives (backends) -------------------------------------------------------
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    async def _get(self, key: str) -> Any:
+        raise NotImplementedError
+
+    async def _get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        raise NotImplementedError
+
+    async def _get_many(self, keys: list[str]) -> Sequence[Any]:
+        raise NotImplementedError
+
+    async def _get_many_with_ttl(
+        self, keys: list[str]
+    ) -> Sequence[tuple[Any, float | None] | None]:
+        return [await self._get_with_ttl(k) for k in keys]
+
+    async def _set(self, key: str, stored: Any, ttl: float) -> None:
+        raise NotImplementedError
+
+    async def _set_many(self, items: list[tuple[str, Any]], ttl: float) -> None:
+        for key, stored in items:
+            await self._set(key, stored, ttl)
+
+    async def _add(self, key: str, stored: Any, ttl: float) -> bool:
+        raise NotImplementedError
+
+    async def _delete(self, key: str) -> bool:
+        raise NotImplementedError
+
+    async def _exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    async def _clear(self, pattern: str | None) -> int:
+        raise NotImplementedError
+
+
+# -- registry by URL scheme -----------------------------------------------------------------
+
+_BACKENDS: dict[str, str] = {}
+
+
+def register_backend(scheme: str, path: str) -> None:
+    """Map URL ``scheme`` to ``"module:Class"`` (imported only when that scheme is used)."""
+    _BACKENDS[scheme] = path
+
+
+def backend_for(scheme: str) -> str | None:
+    return _BACKENDS.get(scheme)
+
+
+def known_schemes() -> list[str]:
+    return sorted(_BACKENDS)

@@ -1,0 +1,110 @@
+"""Copy an existing SQLite cache table into a PostgresCache."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from ..errors import CacheUnavailableError, ConfigError
+from ._codec import Codec
+from ._postgres import PostgresCache
+
+__all__ = ["migrate_sqlite"]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def migrate_sqlite(
+    sqlite_path: str | os.PathLike[str],
+    postgres_cache: PostgresCache,
+    *,
+    table: str = "leadperf_cache",
+    batch_size: int = 1000,
+    add_namespace: bool = False,
+) -> int:
+    """Copy the live rows of SQLite ``table`` into ``postgres_cache``; return rows copied.
+
+    Expected layout (what :class:`SqliteCache` writes): columns ``key`` (TEXT),
+    ``value`` (BLOB written by the leadperf codec, or TEXT holding JSON) and
+    ``expires_at`` (REAL Unix seconds, NULL for no expiry). Rows already expired are
+    skipped; rows whose value cannot be read are skipped too. Keys are copied as stored
+    (a SqliteCache's ``"<namespace>:"`` prefix carries over); with ``add_namespace=True``
+    each key gets ``postgres_cache``'s namespace prefix (for tables of bare keys).
+    Rows are upserted in batches of ``batch_size``, so running it twice is harmless.
+    Raises ConfigError for a missing file or table, CacheUnavailableError when
+    PostgreSQL cannot be reached.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"batch_size: must be an integer > 0, got {batch_size!r}", key="batch_size"
+        )
+    if not isinstance(postgres_cache, PostgresCache):
+        raise ConfigError(
+            f"postgres_cache: must be a PostgresCache, got {postgres_cache!r}", key="postgres_cache"
+        )
+    path = os.fspath(sqlite_path)
+    if not os.path.isfile(path):  # noqa: ASYNC240 - one stat before a blocking read anyway
+        raise ConfigError(f"sqlite_path: no such file {path!r}", key="sqlite_path")
+    prefix = f"{postgres_cache.namespace}:" if add_namespace else ""
+    reader = Codec(allow_pickle=False)
+    writer = postgres_cache.codec
+    await postgres_cache.open()
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    copied = 0
+    try:
+        try:
+            cur = db.execute(
+                f"SELECT key, value, expires_at FROM {_quote(table)} "
+                "WHERE expires_at IS NULL OR expires_at > ?",
+                (time.time(),),
+            )
+        except sqlite3.OperationalError as exc:
+            raise ConfigError(
+                f"table: cannot read {table!r} in {path!r} ({exc}); the table needs columns "
+                "key, value and expires_at (see docs/cache.md)",
+                key="table",
+            ) from exc
+        while True:
+            rows = cur.fetchmany(batch_size)
+            if not rows:
+                break
+            batch: list[tuple[str, bytes, float | None]] = []
+            for key, value, expires_at in rows:
+                stored = _convert(value, reader, writer)
+                if stored is None or not isinstance(key, str) or not key:
+                    continue
+                batch.append((prefix + key, stored, expires_at))
+            if batch:
+                try:
+                    await postgres_cache._put_raw(batch)
+                except postgres_cache._unavailable as exc:
+                    raise postgres_cache._unavailable_error(exc) from exc
+                except CacheUnavailableError:
+                    raise
+                copied += len(batch)
+    finally:
+        db.close()
+    return copied
+
+
+def _convert(value: Any, reader: Codec, writer: Codec) -> bytes | None:
+    """Stored bytes for PostgreSQL, or None for a value this migration cannot read."""
+    if isinstance(value, bytes):
+        if not Codec.is_encoded(value):
+            return None
+        try:
+            reader.decode(value)  # refuse corrupt or pickle entries rather than copy them
+        except Exception:
+            return None
+        return value
+    if isinstance(value, str):
+        try:
+            return writer.encode(json.loads(value))
+        except Exception:
+            return None
+    return None

@@ -1,0 +1,335 @@
+"""PostgresCache: one indexed table behind a psycopg-pool AsyncConnectionPool."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .._util import mask_url, require
+from ..errors import ConfigError
+from ._base import BaseCache, State
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ._codec import Codec
+
+__all__ = ["PostgresCache"]
+
+_SCHEMES = ("postgresql", "postgres")
+_DEFAULT_RETENTION = 30 * 24 * 3600.0
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+
+def mask_dsn(dsn: str) -> str:
+    """Hide a password given in the userinfo or as a ``password=`` query parameter."""
+    masked = mask_url(dsn) or ""
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", masked)
+
+
+def like_pattern(prefix: str, pattern: str | None) -> str:
+    """LIKE pattern (ESCAPE '\\') for glob ``pattern`` (``*``/``?`` wild) under ``prefix``."""
+
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+    if pattern is None:
+        return esc(prefix) + "%"
+    body = "".join("%" if ch == "*" else "_" if ch == "?" else esc(ch) for ch in pattern)
+    return esc(prefix) + body
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name}: must be seconds > 0 (or a timedelta), got {value!r}", key=name)
+    return float(value)
+
+
+class PostgresCache(BaseCache):
+    """Cache in one PostgreSQL table through a psycopg-pool ``AsyncConnectionPool``.
+
+    ``dsn`` (``postgresql://`` or ``postgres://``) defaults to ``settings.cache.url`` when
+    that is a PostgreSQL URL, else ``settings.database.url``. The table (``table``, in
+    ``schema`` when given; names are quoted identifiers, never formatted into SQL) is
+    created on open unless ``create_table=False``: ``key text PRIMARY KEY, value bytea,
+    expires_at timestamptz, updated_at timestamptz`` with an index on ``expires_at``.
+    The pool holds ``min_size``..``max_size`` connections (default from
+    ``settings.cache.pool_min_size``/``pool_max_size``: 2..10). ``connect_timeout``
+    bounds opening (seconds); ``timeout`` bounds waiting for a pooled connection.
+    :meth:`cleanup` removes expired rows and rows older than ``retention`` (30 days).
+    Needs ``pip install 'leadperf[postgres]'``.
+    """
+
+    scheme = "postgresql"
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        table: str = "leadperf_cache",
+        schema: str | None = None,
+        namespace: str = "leadperf",
+        default_ttl: float | None = None,
+        codec: Codec | None = None,
+        raise_errors: bool = False,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        connect_timeout: float = 3.0,
+        timeout: float = 5.0,
+        retention: float | timedelta = _DEFAULT_RETENTION,
+        create_table: bool = True,
+        settings: Settings | None = None,
+    ) -> None:
+        super().__init__(
+            namespace=namespace,
+            default_ttl=default_ttl,
+            codec=codec,
+            raise_errors=raise_errors,
+            settings=settings,
+        )
+        cs = self._settings.cache
+        if dsn is None:
+            if cs.url and urlsplit(cs.url).scheme in _SCHEMES:
+                dsn = cs.url
+            else:
+                dsn = self._settings.database.url
+        if not dsn:
+            raise ConfigError(
+                "dsn: no PostgreSQL URL given; pass one or set DATABASE_URL "
+                "(e.g. postgresql://user@127.0.0.1:5432/db)",
+                key="dsn",
+            )
+        if not isinstance(dsn, str) or urlsplit(dsn).scheme not in _SCHEMES:
+            shown = mask_dsn(dsn) if isinstance(dsn, str) else repr(dsn)
+            raise ConfigError(
+                f"dsn: must start with postgresql:// or postgres://, got {shown}", key="dsn"
+            )
+        for name, value in (("table", table), ("schema", schema)):
+            if value is None and name == "schema":
+                continue
+            if not isinstance(value, str) or not value or "\x00" in value or len(value) > 63:
+                raise ConfigError(
+                    f"{name}: must be a non-empty name of at most 63 characters, got {value!r}",
+                    key=name,
+                )
+        lo = cs.pool_min_size if min_size is None else min_size
+        hi = cs.pool_max_size if max_size is None else max_size
+        if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0:
+            raise ConfigError(f"min_size: must be an integer >= 0, got {lo!r}", key="min_size")
+        if isinstance(hi, bool) or not isinstance(hi, int) or hi < max(lo, 1):
+            raise ConfigError(
+                f"max_size: must be an integer >= max(min_size, 1), got {hi!r}", key="max_size"
+            )
+        self.dsn = dsn
+        self.table = table
+        self.schema = schema
+        self.min_size = lo
+        self.max_size = hi
+        self.connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        self.timeout = _seconds(timeout, "timeout")
+        self.retention = _seconds(retention, "retention")
+        self.create_table = bool(create_table)
+        psycopg = require("psycopg", "postgres", "psycopg")
+        pool_mod = require("psycopg_pool", "postgres", "psycopg-pool")
+        self._set_unavailable(
+            psycopg.OperationalError, psycopg.InterfaceError, pool_mod.PoolTimeout, OSError
+        )
+        self._pool: Any = None
+        self._q: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        where = f"{self.schema}.{self.table}" if self.schema else self.table
+        return (
+            f"PostgresCache(dsn={mask_dsn(self.dsn)!r}, table={where!r}, "
+            f"namespace={self.namespace!r})"
+        )
+
+    # -- SQL ------------------------------------------------------------------------------
+
+    def _queries(self) -> dict[str, Any]:
+        from psycopg import sql
+
+        t = sql.Identifier(self.schema, self.table) if self.schema else sql.Identifier(self.table)
+        idx = sql.Identifier(f"{self.table[:48]}_expires_idx")
+        upsert_tail = (
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value,"
+            " expires_at = EXCLUDED.expires_at, updated_at = EXCLUDED.updated_at"
+        )
+        expiry = "now() + %s * interval '1 second'"
+
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(t=t, idx=idx)
+
+        return {
+            "create": q(
+                "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, value bytea NOT NULL,"
+                " expires_at timestamptz, updated_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            "index": q("CREATE INDEX IF NOT EXISTS {idx} ON {t} (expires_at)"),
+            "get": q(f"SELECT value FROM {{t}} WHERE key = %s AND {_LIVE}"),
+            "get_ttl": q(
+                "SELECT value, EXTRACT(EPOCH FROM expires_at - now())::float8 FROM {t}"
+                f" WHERE key = %s AND {_LIVE}"
+            ),
+            "get_many": q(f"SELECT key, value FROM {{t}} WHERE key = ANY(%s) AND {_LIVE}"),
+            "get_many_ttl": q(
+                "SELECT key, value, EXTRACT(EPOCH FROM expires_at - now())::float8 FROM {t}"
+                f" WHERE key = ANY(%s) AND {_LIVE}"
+            ),
+            "set": q(
+                "INSERT INTO {t} AS c (key, value, expires_at, updated_at)"
+                f" VALUES (%s, %s, {expiry}, now())" + upsert_tail
+            ),
+            "set_many": q(
+                "INSERT INTO {t} AS c (key, value, expires_at, updated_at)"
+                f" SELECT k, v, {expiry}, now() FROM unnest(%s::text[], %s::bytea[]) AS u(k, v)"
+                + upsert_tail
+            ),
+            "put_raw": q(
+                "INSERT INTO {t} AS c (key, value, expires_at, updated_at)"
+                " SELECT k, v, to_timestamp(e), now()"
+                " FROM unnest(%s::text[], %s::bytea[], %s::float8[]) AS u(k, v, e)" + upsert_tail
+            ),
+            "add": q(
+                "INSERT INTO {t} AS c (key, value, expires_at, updated_at)"
+                f" VALUES (%s, %s, {expiry}, now())"
+                + upsert_tail
+                + " WHERE c.expires_at IS NOT NULL AND c.expires_at <= now() RETURNING 1"
+            ),
+            "delete": q(f"DELETE FROM {{t}} WHERE key = %s RETURNING {_LIVE}"),
+            "exists": q(f"SELECT 1 FROM {{t}} WHERE key = %s AND {_LIVE}"),
+            "clear": q(
+                "WITH d AS (DELETE FROM {t} WHERE key LIKE %s ESCAPE '\\' RETURNING expires_at)"
+                f" SELECT count(*) FROM d WHERE {_LIVE}"
+            ),
+            "cleanup": q(
+                "DELETE FROM {t} WHERE expires_at <= now()"
+                " OR updated_at < now() - %s * interval '1 second'"
+            ),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        pool_mod = require("psycopg_pool", "postgres", "psycopg-pool")
+        pool = pool_mod.AsyncConnectionPool(
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            open=False,
+            timeout=self.timeout,
+            # libpq's connect_timeout is whole seconds, 2 at least.
+            kwargs={"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout))},
+            name=f"leadperf-cache-{self.table}",
+        )
+        try:
+            await pool.open(wait=self.min_size > 0, timeout=self.connect_timeout)
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                composed = self._queries()
+                self._q = {name: c.as_string(conn) for name, c in composed.items()}
+                if self.create_table:
+                    # The advisory lock makes concurrent first opens (several processes)
+                    # create the table once instead of racing on the catalog.
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                            (f"leadperf-cache:{self.schema}.{self.table}",),
+                        )
+                        await conn.execute(self._q["create"])
+                        await conn.execute(self._q["index"])
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _fetchone(self, query: str, params: Sequence[Any]) -> Any:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q[query], params, binary=True)
+            return await cur.fetchone()
+
+    async def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q[query], params, binary=True)
+            rows: list[Any] = await cur.fetchall()
+            return rows
+
+    async def _run(self, query: str, params: Sequence[Any]) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q[query], params)
+            return int(cur.rowcount)
+
+    # -- primitives -----------------------------------------------------------------------
+
+    async def _get(self, key: str) -> Any:
+        row = await self._fetchone("get", (key,))
+        return None if row is None else row[0]
+
+    async def _get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        row = await self._fetchone("get_ttl", (key,))
+        return None if row is None else (row[0], row[1])
+
+    async def _get_many(self, keys: list[str]) -> Sequence[Any]:
+        rows = await self._fetchall("get_many", (keys,))
+        found = dict(rows)
+        return [found.get(k) for k in keys]
+
+    async def _get_many_with_ttl(
+        self, keys: list[str]
+    ) -> Sequence[tuple[Any, float | None] | None]:
+        rows = await self._fetchall("get_many_ttl", (keys,))
+        found = {k: (v, left) for k, v, left in rows}
+        return [found.get(k) for k in keys]
+
+    async def _set(self, key: str, stored: Any, ttl: float) -> None:
+        await self._run("set", (key, stored, ttl))
+
+    async def _set_many(self, items: list[tuple[str, Any]], ttl: float) -> None:
+        await self._run("set_many", (ttl, [k for k, _ in items], [v for _, v in items]))
+
+    async def _add(self, key: str, stored: Any, ttl: float) -> bool:
+        return await self._fetchone("add", (key, stored, ttl)) is not None
+
+    async def _delete(self, key: str) -> bool:
+        row = await self._fetchone("delete", (key,))
+        return bool(row and row[0])
+
+    async def _exists(self, key: str) -> bool:
+        return await self._fetchone("exists", (key,)) is not None
+
+    async def _clear(self, pattern: str | None) -> int:
+        row = await self._fetchone("clear", (like_pattern(self._prefix, pattern),))
+        return int(row[0])
+
+    async def _put_raw(self, rows: Sequence[tuple[str, bytes, float | None]]) -> int:
+        """Upsert already-encoded rows ``(stored key, value, expires at epoch or None)``."""
+        keys = [r[0] for r in rows]
+        values = [r[1] for r in rows]
+        expiries = [r[2] for r in rows]
+        return await self._run("put_raw", (keys, values, expiries))
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    async def cleanup(self, retention: float | timedelta | None = None) -> int:
+        """Delete expired rows and rows not written for ``retention`` (default: 30 days).
+
+        Covers the whole table (every namespace). Returns the number of rows deleted.
+        Raises CacheUnavailableError when the server cannot be reached.
+        """
+        seconds = self.retention if retention is None else _seconds(retention, "retention")
+        if self._state is not State.OPEN:
+            await self._ensure()
+        try:
+            return await self._run("cleanup", (seconds,))
+        except self._unavailable as exc:
+            self._errors += 1
+            raise self._unavailable_error(exc) from exc

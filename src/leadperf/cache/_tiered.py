@@ -1,0 +1,289 @@
+"""TieredCache: a local L1 in front of a shared L2, serving from L1 while L2 is down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CacheUnavailableError, ConfigError, SerializationError
+from ._base import MISSING, BaseCache, CacheStats
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ..config import Settings
+
+__all__ = ["TieredCache"]
+
+_REMOTE_FAILURES = (CacheUnavailableError, SerializationError)
+
+
+class TieredCache:
+    """Read local first, then remote (filling local); write both.
+
+    ``local`` defaults to a :class:`MemoryCache` and ``remote`` to a :class:`RedisCache`,
+    both from ``settings``. The tiered cache owns both and closes them. A local entry
+    filled from the remote never outlives the remote entry's remaining TTL.
+
+    When the remote fails (unreachable, or unreachable at open), the failure is counted
+    in ``stats().errors``, the call is served from local, and the remote is left alone
+    for ``retry_after`` seconds (default 1.0) before the next call tries it again: so the
+    cache keeps working through an outage and recovers by itself when the remote returns.
+    With ``raise_errors=True`` remote failures raise CacheUnavailableError instead.
+    Writes made while the remote is down reach only local; deletes too (the remote may
+    serve the old value again after it returns until that entry expires).
+    """
+
+    scheme = "tiered"
+
+    def __init__(
+        self,
+        local: BaseCache | None = None,
+        remote: BaseCache | None = None,
+        *,
+        retry_after: float = 1.0,
+        raise_errors: bool = False,
+        settings: Settings | None = None,
+    ) -> None:
+        if (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, int | float)
+            or (retry_after < 0)
+        ):
+            raise ConfigError(
+                f"retry_after: must be seconds >= 0, got {retry_after!r}", key="retry_after"
+            )
+        for name, value in (("local", local), ("remote", remote)):
+            if value is not None and not isinstance(value, BaseCache):
+                raise ConfigError(
+                    f"{name}: must be a leadperf cache (MemoryCache, RedisCache, ...), "
+                    f"got {value!r}",
+                    key=name,
+                )
+        if local is None:
+            from ._memory import MemoryCache
+
+            local = MemoryCache(settings=settings)
+        if remote is None:
+            from ._redis import RedisCache
+
+            remote = RedisCache(settings=settings)
+        self.local: BaseCache = local
+        self.remote: BaseCache = remote
+        # The tiered cache handles remote failures itself, so it needs to see them.
+        remote._raise_errors = True
+        self.retry_after = float(retry_after)
+        self._raise_errors = bool(raise_errors)
+        self._down_until = 0.0
+        self._closed = False
+        self._hits = 0
+        self._misses = 0
+        self._sets = 0
+        self._deletes = 0
+        self._errors = 0
+
+    def __repr__(self) -> str:
+        return f"TieredCache(local={self.local!r}, remote={self.remote!r})"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    @property
+    def remote_available(self) -> bool:
+        """False while the remote is being left alone after a failure."""
+        return time.monotonic() >= self._down_until
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open local, then try remote (a remote that is down is counted, not raised)."""
+        await self.local.open()
+        try:
+            await self.remote.open()
+        except CacheUnavailableError as exc:
+            self._remote_failed(exc)
+
+    async def close(self) -> None:
+        """Close both tiers; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.local.close()
+        finally:
+            await self.remote.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _remote_failed(self, exc: BaseException) -> None:
+        self._errors += 1
+        self._down_until = time.monotonic() + self.retry_after
+        if self._raise_errors:
+            if isinstance(exc, CacheUnavailableError):
+                raise exc
+            raise CacheUnavailableError(f"{self!r}: remote failed ({exc})") from exc
+
+    def _remote_ok(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def _fill(self, key: str, value: Any, left: float | None) -> None:
+        ttl = self.local.default_ttl if left is None else min(left, self.local.default_ttl)
+        if ttl > 0:
+            await self.local.set(key, value, ttl=ttl)
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Local hit, else remote hit (filling local), else ``default``."""
+        value = await self.local.get(key, MISSING)
+        if value is not MISSING:
+            self._hits += 1
+            return value
+        if self._remote_ok():
+            try:
+                found = await self.remote.get_with_ttl(key)
+            except _REMOTE_FAILURES as exc:
+                self._remote_failed(exc)
+            else:
+                if found is not None:
+                    await self._fill(key, found[0], found[1])
+                    self._hits += 1
+                    return found[0]
+        self._misses += 1
+        return default
+
+    async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
+        """Return ``(value, seconds left or None)`` from either tier, else None."""
+        found = await self.local.get_with_ttl(key)
+        if found is None and self._remote_ok():
+            try:
+                found = await self.remote.get_with_ttl(key)
+            except _REMOTE_FAILURES as exc:
+                self._remote_failed(exc)
+            else:
+                if found is not None:
+                    await self._fill(key, found[0], found[1])
+        if found is None:
+            self._misses += 1
+        else:
+            self._hits += 1
+        return found
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Write local, then remote (a remote failure is counted; local still holds it)."""
+        await self.local.set(key, value, ttl)
+        self._sets += 1
+        if self._remote_ok():
+            try:
+                await self.remote.set(key, value, ttl)
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store only if absent; the remote decides when it is reachable (shared dedup)."""
+        if self._remote_ok():
+            try:
+                added = await self.remote.add(key, value, ttl)
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+            else:
+                if added:
+                    await self.local.set(key, value, ttl)
+                    self._sets += 1
+                return added
+        added = await self.local.add(key, value, ttl)
+        if added:
+            self._sets += 1
+        return added
+
+    async def delete(self, key: str) -> bool:
+        """Delete from both tiers; True when either held a live entry."""
+        deleted = await self.local.delete(key)
+        if self._remote_ok():
+            try:
+                deleted = await self.remote.delete(key) or deleted
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+        if deleted:
+            self._deletes += 1
+        return deleted
+
+    async def exists(self, key: str) -> bool:
+        """True when either tier holds a live entry."""
+        if await self.local.exists(key):
+            return True
+        if self._remote_ok():
+            try:
+                return await self.remote.exists(key)
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+        return False
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Local hits, then one remote round trip for the rest (filling local)."""
+        wanted = list(dict.fromkeys(keys))
+        result = await self.local.get_many(wanted)
+        missing = [k for k in wanted if k not in result]
+        if missing and self._remote_ok():
+            try:
+                found = await self.remote.get_many_with_ttl(missing)
+            except _REMOTE_FAILURES as exc:
+                self._remote_failed(exc)
+            else:
+                for key, (value, left) in found.items():
+                    await self._fill(key, value, left)
+                    result[key] = value
+        self._hits += len(result)
+        self._misses += len(wanted) - len(result)
+        return {k: result[k] for k in wanted if k in result}
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Write every item to both tiers."""
+        await self.local.set_many(mapping, ttl)
+        self._sets += len(mapping)
+        if self._remote_ok():
+            try:
+                await self.remote.set_many(mapping, ttl)
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+
+    async def clear(self, pattern: str | None = None) -> int:
+        """Clear both tiers; return the remote's count (local's while the remote is down)."""
+        removed = await self.local.clear(pattern)
+        if self._remote_ok():
+            try:
+                removed = await self.remote.clear(pattern)
+            except CacheUnavailableError as exc:
+                self._remote_failed(exc)
+        self._deletes += removed
+        return removed
+
+    def stats(self) -> CacheStats:
+        """Hits from either tier, remote failures and local errors, local size/evictions."""
+        local = self.local.stats()
+        lookups = self._hits + self._misses
+        return CacheStats(
+            backend=self.scheme,
+            hits=self._hits,
+            misses=self._misses,
+            hit_rate=self._hits / lookups if lookups else 0.0,
+            sets=self._sets,
+            deletes=self._deletes,
+            evictions=local.evictions,
+            errors=self._errors + local.errors,
+            size=local.size,
+        )
