@@ -21,6 +21,7 @@ the matching builtin, so ``except TimeoutError`` keeps working in host code::
     │   ├── BrowserCrashedError                 the browser died or hung mid-task
     │   └── BrowserStartError                   Chrome/chromedriver would not start
     ├── ImageError (ValueError)                 empty, corrupt, too large or unsupported image
+    ├── CompressionError (ValueError)           compressed text corrupt, truncated or too large
     └── DatabaseError
         ├── DatabaseUnavailableError (ConnectionError)
         └── BulkUpsertError                     carries .batch (index) and .table
@@ -38,6 +39,7 @@ __all__ = [
     "CacheKeyError",
     "CacheUnavailableError",
     "ClosedError",
+    "CompressionError",
     "ConfigError",
     "DatabaseError",
     "DatabaseUnavailableError",
@@ -159,6 +161,10 @@ class BrowserStartError(PoolError):
 
 class ImageError(LeadperfError, ValueError):
     """An image is empty, corrupt, too large to decode safely, or in an unsupported format."""
+
+
+class CompressionError(LeadperfError, ValueError):
+    """Compressed text is corrupt, truncated, or decompresses past the allowed size."""
 
 
 # -- database -----------------------------------------------------------------------------
