@@ -1,0 +1,296 @@
+"""SQL helpers shared by the database and archive parts (identifiers, values, cache keys).
+
+psycopg is imported inside the functions: importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from psycopg import sql
+
+__all__ = [
+    "MAX_IDENTIFIER_BYTES",
+    "binary_copy_ok",
+    "check_identifier",
+    "dsn_password",
+    "fast_array_dumpers",
+    "jsonb_columns",
+    "mask_dsn",
+    "qualified",
+    "query_cache_key",
+    "scrub",
+]
+
+# PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 bytes; a silently truncated
+# name would point at a different table, so longer names are refused up front.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def check_identifier(name: object, what: str) -> str:
+    """Return ``name`` if it is a usable PostgreSQL identifier, else raise ConfigError."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{what} must be a non-empty string, got {name!r}", key=what)
+    if "\x00" in name:
+        raise ConfigError(f"{what} must not contain NUL characters", key=what)
+    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"{what} {name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte "
+            "identifier limit; use a shorter name",
+            key=what,
+        )
+    return name
+
+
+def qualified(schema: str | None, name: str) -> sql.Composable:
+    """``"schema"."name"`` (or just ``"name"``), each part quoted by psycopg.sql."""
+    from psycopg import sql
+
+    if schema is None:
+        return sql.Identifier(name)
+    return sql.Identifier(schema, name)
+
+
+def jsonb_columns(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Columns whose first non-null value is a dict (or a list of dicts): sent as jsonb.
+
+    psycopg adapts neither ``dict`` nor a list of dicts by itself; wrapping per column,
+    decided once from the first value, keeps the per-row cost at zero for other columns.
+    """
+    found: list[str] = []
+    for column in columns:
+        for row in rows:
+            value = row[column]
+            if value is None:
+                continue
+            if isinstance(value, dict) or (
+                isinstance(value, list) and value and isinstance(value[0], dict)
+            ):
+                found.append(column)
+            break
+    return found
+
+
+def _param_default(value: object) -> object:
+    # Type name plus text: 1 and "1", or a date and its ISO string, never share a key.
+    return {"__type__": type(value).__qualname__, "value": str(value)}
+
+
+def query_cache_key(scope: str, query: str, params: object) -> str:
+    """A fixed-length cache key for ``query`` + ``params`` (sha256, so any text is safe)."""
+    try:
+        encoded = json.dumps(params, sort_keys=True, default=_param_default, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:  # e.g. dict keys of mixed types
+        raise ConfigError(
+            f"query parameters cannot be turned into a cache key ({exc}); "
+            "pass a sequence or mapping of plain values",
+            key="params",
+        ) from exc
+    digest = hashlib.sha256()
+    for part in (scope, query, encoded):
+        data = part.encode()
+        # Length-prefixed so ("ab", "c") and ("a", "bc") hash differently.
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return f"leadperf:query:{digest.hexdigest()}"
+
+
+def scrub(message: str, secrets: Iterable[str | None]) -> str:
+    """Remove every non-empty secret from ``message`` (server errors may echo the DSN)."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+
+def mask_dsn(dsn: str) -> str:
+    """Mask the password of a URL or ``key=value`` DSN."""
+    from .._util import mask_url
+
+    if "://" in dsn:
+        return mask_url(dsn) or ""
+    return _PASSWORD_KV.sub(r"\1***", dsn)
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password in ``dsn``, if any (to scrub it from server messages)."""
+    from urllib.parse import unquote, urlsplit
+
+    if "://" in dsn:
+        try:
+            password = urlsplit(dsn).password
+        except ValueError:
+            return None
+        return unquote(password) if password else None
+    match = _PASSWORD_KV.search(dsn)
+    return match.group(2).strip("'") if match else None
+
+
+def _binary_types() -> dict[int, tuple[type, ...]]:
+    import datetime
+    import decimal
+    import uuid
+
+    from psycopg.postgres import types
+
+    accepted: dict[str, tuple[type, ...]] = {
+        "int2": (int,),
+        "int4": (int,),
+        "int8": (int,),
+        "float4": (float, int),
+        "float8": (float, int),
+        "numeric": (decimal.Decimal, int),
+        "text": (str,),
+        "varchar": (str,),
+        "bpchar": (str,),
+        "bool": (bool,),
+        "timestamptz": (datetime.datetime,),
+        "timestamp": (datetime.datetime,),
+        "date": (datetime.date,),
+        "uuid": (uuid.UUID,),
+        "bytea": (bytes,),
+        "json": (dict, list),
+        "jsonb": (dict, list),
+    }
+    table = {types[name].oid: kinds for name, kinds in accepted.items()}
+    for name in ("text", "varchar", "int4", "int8"):
+        table[types[name].array_oid] = (list,)
+    return table
+
+
+def binary_copy_ok(
+    oids: Sequence[int], columns: Sequence[int], rows: Sequence[Sequence[Any]]
+) -> bool:
+    """Whether binary COPY gives the same result as text COPY for these columns.
+
+    Binary COPY is about 3x cheaper to produce, but it dumps each value as the column's
+    type: a ``str`` for a jsonb column would become a JSON string rather than be parsed,
+    and a naive datetime for a timestamptz column would not follow the session time zone.
+    So binary is used only when every column's type and first non-null value are a known
+    safe pair; a later odd value fails the dump and the batch is retried in text.
+    """
+    import datetime
+
+    from psycopg.postgres import types
+
+    table = _binary_types()
+    tz_oid, ts_oid = types["timestamptz"].oid, types["timestamp"].oid
+    for oid, index in zip(oids, columns, strict=True):
+        kinds = table.get(oid)
+        if kinds is None:
+            return False
+        value = next((row[index] for row in rows if row[index] is not None), None)
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return False
+        if isinstance(value, datetime.datetime):
+            if oid == tz_oid and value.tzinfo is None:
+                return False
+            if oid == ts_oid and value.tzinfo is not None:
+                return False
+        if oid == types["date"].oid and isinstance(value, datetime.datetime):
+            return False
+        if isinstance(value, list) and oid not in (types["json"].oid, types["jsonb"].oid):
+            # Arrays: the element decides (an empty list says nothing, so be safe).
+            first = next((v for v in value if v is not None), None)
+            want = str if oid in (types["text"].array_oid, types["varchar"].array_oid) else int
+            if first is None or not isinstance(first, want) or isinstance(first, bool):
+                return False
+    return True
+
+
+def fast_array_dumpers() -> list[type]:
+    """Binary dumpers for 1-D text/varchar/int4/int8 arrays, by oid only (for COPY).
+
+    psycopg's generic array dumper is pure Python and was most of a 100K-row COPY's
+    client time when a row carries a ``tags`` list; these write the same wire format in a
+    few joins. Anything else (NULL-free check aside: nested lists, wrong element types)
+    raises TypeError, and the batch falls back to text COPY.
+    """
+    import struct
+
+    from psycopg.adapt import Dumper
+    from psycopg.postgres import types
+    from psycopg.pq import Format
+
+    pack_len = struct.Struct("!i").pack
+
+    def _text(item: object) -> bytes:
+        if type(item) is not str:
+            raise TypeError(f"array element {type(item).__name__} is not a str")
+        return item.encode()
+
+    null = b"\xff\xff\xff\xff"
+
+    def header(elem_oid: int, items: list[Any], has_null: bool) -> bytes:
+        if not items:
+            return struct.pack("!iiI", 0, 0, elem_oid)
+        return struct.pack("!iiIii", 1, int(has_null), elem_oid, len(items), 1)
+
+    def text_array(elem_oid: int, array_oid: int) -> type:
+        class TextArrayDumper(Dumper):
+            format = Format.BINARY
+            oid = array_oid
+
+            def dump(self, obj: Any) -> bytes:
+                if not isinstance(obj, list):
+                    raise TypeError(f"expected a list, got {type(obj).__name__}")
+                if None in obj:
+                    parts = [header(elem_oid, obj, True)]
+                    for item in obj:
+                        if item is None:
+                            parts.append(null)
+                        else:
+                            data = _text(item)
+                            parts.append(pack_len(len(data)) + data)
+                    return b"".join(parts)
+                encoded = [_text(item) for item in obj]
+                return header(elem_oid, obj, False) + b"".join(
+                    [pack_len(len(data)) + data for data in encoded]
+                )
+
+        return TextArrayDumper
+
+    def int_array(elem_oid: int, array_oid: int, fmt: str) -> type:
+        elem = struct.Struct(fmt)
+        size = pack_len(elem.size)
+
+        class IntArrayDumper(Dumper):
+            format = Format.BINARY
+            oid = array_oid
+
+            def dump(self, obj: Any) -> bytes:
+                if not isinstance(obj, list):
+                    raise TypeError(f"expected a list, got {type(obj).__name__}")
+                parts = [header(elem_oid, obj, None in obj)]
+                for item in obj:
+                    if item is None:
+                        parts.append(null)
+                    elif type(item) is int:
+                        parts.append(size)
+                        parts.append(elem.pack(item))  # struct.error when out of range
+                    else:
+                        raise TypeError(f"array element {type(item).__name__} is not an int")
+                return b"".join(parts)
+
+        return IntArrayDumper
+
+    text, varchar = types["text"], types["varchar"]
+    int4, int8 = types["int4"], types["int8"]
+    return [
+        text_array(text.oid, text.array_oid),
+        text_array(varchar.oid, varchar.array_oid),
+        int_array(int4.oid, int4.array_oid, "!i"),
+        int_array(int8.oid, int8.array_oid, "!q"),
+    ]
