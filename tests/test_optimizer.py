@@ -201,3 +201,26 @@ def test_rest_router(site: str, settings: Settings) -> None:
         assert "unknown profile" in bad.json()["detail"]
         assert client.get("/performance/cache/stats").json()["hits"] == 0
     perf.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_facade_database_upserts_and_reports_pool(
+    settings: Settings, database_url: str, unique_name: str
+) -> None:
+    s = settings.evolve(database={"url": database_url, "pool_size": 1, "max_overflow": 1})
+    async with PerformanceOptimizer(s) as perf:
+        db = perf.database
+        await db.execute(f"CREATE TABLE {unique_name} (email text PRIMARY KEY, score int)")
+        try:
+            rows = [{"email": f"lead{i}@example.com", "score": i} for i in range(500)]
+            result = await db.bulk_upsert(unique_name, rows, key=("email",))
+            assert (result.inserted, result.updated) == (500, 0)
+            counted = await db.fetch(f"SELECT count(*) AS n, sum(score) AS s FROM {unique_name}")
+            assert counted == [{"n": 500, "s": sum(range(500))}]
+            analysis = await perf.run_performance_analysis()
+            assert analysis["database"] is not None
+            assert "database" in analysis["metrics"]
+        finally:
+            await db.execute(f"DROP TABLE {unique_name}")
+    assert db.closed
