@@ -128,7 +128,7 @@ def recommend(analysis: Mapping[str, Any], settings: Settings) -> list[Recommend
                 max(1, settings.scraper.max_concurrent - 2),
             )
         )
-    errors = _num(scraper, "errors")
+    errors = _num(scraper, "failed")
     if requests >= 50 and errors / requests > 0.1:
         out.append(
             Recommendation(

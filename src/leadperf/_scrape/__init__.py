@@ -1,0 +1,1 @@
+"""Private machinery behind :mod:`leadperf.scraper`: engines, platform limiter, dispatcher."""
