@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -91,15 +90,16 @@ def chrome_paths() -> tuple[str, str]:
         service_missing(
             "chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
         )
-    assert binary and driver
+    assert binary
+    assert driver
     return binary, driver
 
 
 @pytest.fixture
-def tmp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def tmp_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Monkeypatch with every leadperf-related env var cleared first."""
     from leadperf.config import ENV_VARS
 
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    yield monkeypatch
+    return monkeypatch

@@ -17,8 +17,6 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_design_names_are_importable() -> None:
-    from leadperf.monitor import SystemMonitor  # noqa: F401
-
     from leadperf import (  # noqa: F401
         AsyncScraper,
         ChromePool,
@@ -41,6 +39,7 @@ def test_design_names_are_importable() -> None:
         TieredCache,
         from_url,
     )
+    from leadperf.monitor import SystemMonitor  # noqa: F401
     from leadperf.optimize import (  # noqa: F401
         PROFILES,
         DatabaseOptimizer,
