@@ -1,0 +1,708 @@
+"""ChromePool: a bounded set of real Chrome instances reused across tasks, one tab per task.
+
+>>> with ChromePool(pool_size=2) as pool:               # doctest: +SKIP
+...     with pool.session("task-1") as driver:
+...         driver.get("https://example.com")
+
+Instances start lazily up to ``pool_size``. Each task gets a fresh tab in a fresh browser
+context of an idle instance (see ``docs/pool.md`` for what that isolates); the tab is
+closed on release and the next one is opened right away, so ``acquire`` costs
+milliseconds. Idle instances are reaped after ``idle_timeout``; instances are recycled
+after ``max_tasks_per_instance`` tasks or above ``max_memory_mb`` (PSS of the process
+tree); a dead or hung browser is killed and replaced, and the task holding it gets
+:class:`~leadperf.errors.BrowserCrashedError`. ``close()`` leaves no chromedriver or
+Chrome process behind; an ``atexit`` guard closes pools the host forgot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import shutil
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from ._chrome_instance import ChromeInstance, InstanceBroken, owned_flag_in
+from ._util import mask_url
+from .config import Settings
+from .errors import (
+    BrowserCrashedError,
+    ClosedError,
+    ConfigError,
+    PoolError,
+    PoolExhaustedError,
+)
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+__all__ = ["ChromePool", "InstanceStats", "PoolStats", "get_chrome_pool", "screenshot"]
+
+_LATENCY_WINDOW = 1000  # acquire latencies kept for the percentiles
+_MEMORY_SAMPLE_INTERVAL = 10.0  # seconds between memory samples of one instance
+_FRESH_S = 1.0  # an instance reset this recently is lent without a browser round trip
+
+
+@attrs.frozen
+class InstanceStats:
+    """One instance at the time of the snapshot. Remote instances have no pids or memory."""
+
+    number: int
+    busy: bool
+    tasks: int
+    age_s: float
+    idle_s: float
+    browser_pid: int | None
+    driver_pid: int | None
+    driver_port: int | None
+    debug_port: int | None
+    context_isolation: bool
+    rss_mb: float | None
+    pss_mb: float | None
+    uss_mb: float | None
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of a ChromePool. ``utilization`` is ``in_use / max_size`` (0..1).
+
+    ``size`` counts running instances (``in_use + idle``; ``starting`` ones apart);
+    ``memory_mb`` is each running instance's last measured PSS in MB (None where unknown).
+    Latencies are in milliseconds over the last 1000 acquires (0.0 before any).
+    """
+
+    max_size: int
+    size: int
+    in_use: int
+    idle: int
+    starting: int
+    waiting: int
+    created: int
+    recycled: int
+    reaped: int
+    crashed: int
+    tasks: int
+    waits: int
+    timeouts: int
+    acquire_p50_ms: float
+    acquire_p95_ms: float
+    utilization: float
+    memory_mb: tuple[float | None, ...]
+    instances: tuple[InstanceStats, ...]
+    closed: bool
+
+
+@attrs.define
+class _Lease:
+    instance: ChromeInstance
+    acquired_at: float
+
+
+class ChromePool:
+    """A bounded pool of Chrome instances; lend one tab per task with :meth:`session`.
+
+    Arguments left as ``None`` come from ``settings.chrome`` (env ``CHROME_POOL_SIZE``,
+    ``CHROME_IDLE_TIMEOUT``): ``pool_size`` instances at most, ``idle_timeout`` seconds
+    before an idle instance is closed, ``headless``. ``max_tasks_per_instance`` tasks and
+    ``max_memory_mb`` MB of PSS (None: no ceiling) trigger a recycle. ``chrome_binary`` and
+    ``driver_path`` default to ``chromium``/``google-chrome`` and ``chromedriver`` on PATH;
+    ``remote_url`` uses a Selenium Grid instead of local processes. ``options`` is a
+    ``ChromeOptions`` or a list of extra Chrome arguments to start from.
+    ``op_timeout`` bounds the pool's own browser calls (health check, tab reset): past it
+    the browser counts as hung. Raises :class:`ConfigError` for bad arguments.
+    """
+
+    def __init__(
+        self,
+        pool_size: int | None = None,
+        headless: bool | None = None,
+        idle_timeout: float | None = None,
+        max_tasks_per_instance: int | None = 100,
+        max_memory_mb: float | None = 1024.0,
+        chrome_binary: str | None = None,
+        driver_path: str | None = None,
+        remote_url: str | None = None,
+        options: Any = None,
+        settings: Settings | None = None,
+        *,
+        start_timeout: float = 60.0,
+        op_timeout: float = 15.0,
+    ) -> None:
+        settings = settings or Settings.from_env()
+        self._settings = settings
+        chrome = settings.chrome
+        self.pool_size = _positive_int(
+            "pool_size", chrome.pool_size if pool_size is None else pool_size
+        )
+        self.idle_timeout = _positive_num(
+            "idle_timeout", chrome.idle_timeout if idle_timeout is None else idle_timeout
+        )
+        self.headless = chrome.headless if headless is None else headless
+        if not isinstance(self.headless, bool):
+            raise ConfigError(f"headless: must be true or false, got {headless!r}", key="headless")
+        self.max_tasks_per_instance = (
+            None
+            if max_tasks_per_instance is None
+            else _positive_int("max_tasks_per_instance", max_tasks_per_instance)
+        )
+        self.max_memory_mb = (
+            None if max_memory_mb is None else _positive_num("max_memory_mb", max_memory_mb)
+        )
+        self.start_timeout = _positive_num("start_timeout", start_timeout)
+        self.op_timeout = _positive_num("op_timeout", op_timeout)
+        if options is not None and isinstance(options, str | bytes):
+            raise ConfigError(
+                "options: pass a ChromeOptions or a list of arguments, not a string", key="options"
+            )
+        owned = owned_flag_in(options)
+        if owned is not None:
+            raise ConfigError(
+                f"options: {owned} is set by the pool for each instance; remove it", key="options"
+            )
+        self._options = options
+        self.remote_url = remote_url
+        self.chrome_binary = chrome_binary or _find_chrome()
+        self.driver_path = driver_path or shutil.which("chromedriver")
+        if remote_url is None:
+            if not self.chrome_binary:
+                raise ConfigError(
+                    "chrome_binary: no chromium or google-chrome on PATH; install Chromium "
+                    "(apt-get install chromium) or pass chrome_binary=",
+                    key="chrome_binary",
+                )
+            if not self.driver_path:
+                raise ConfigError(
+                    "driver_path: no chromedriver on PATH; install it (apt-get install "
+                    "chromium-driver) or pass driver_path=",
+                    key="driver_path",
+                )
+            for key, path in (
+                ("chrome_binary", self.chrome_binary),
+                ("driver_path", self.driver_path),
+            ):
+                if not os.path.isfile(path):
+                    raise ConfigError(f"{key}: {path} is not a file", key=key)
+
+        self._cond = threading.Condition(threading.Lock())
+        self._instances: list[ChromeInstance] = []
+        self._idle: list[ChromeInstance] = []  # a stack: the warmest instance is lent first
+        self._leases: dict[Any, _Lease] = {}
+        self._starting = 0
+        self._waiting = 0
+        self._numbers = 0
+        self._closed = False
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._created = self._recycled = self._reaped = self._crashed = 0
+        self._tasks = self._waits = self._timeouts = 0
+        self._reaper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._limiters: weakref.WeakKeyDictionary[Any, tuple[anyio.CapacityLimiter, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._fallback_limiters: tuple[anyio.CapacityLimiter, ...] | None = None
+        _LIVE_POOLS.add(self)
+
+    def __repr__(self) -> str:
+        where = f"remote_url={mask_url(self.remote_url)!r}" if self.remote_url else "local"
+        state = "closed" if self._closed else f"{len(self._instances)}/{self.pool_size}"
+        return f"<ChromePool {where} instances={state}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran; a closed pool raises ClosedError."""
+        return self._closed
+
+    # -- lending ----------------------------------------------------------------------------
+
+    def acquire(self, task_id: Any, timeout: float = 30.0) -> WebDriver:
+        """Lend ``task_id`` a driver whose current window is a fresh blank tab.
+
+        Waits up to ``timeout`` seconds for a free instance, then raises
+        :class:`PoolExhaustedError`. Pair with :meth:`release` (or use :meth:`session`).
+        Raises :class:`BrowserStartError` when a new instance cannot start, ClosedError
+        after close, PoolError if ``task_id`` already holds a driver.
+        """
+        started = time.monotonic()
+        deadline = started + max(0.0, timeout)
+        while True:
+            instance = self._checkout(task_id, deadline, timeout)
+            if instance is None:
+                instance = self._start_instance()
+            else:
+                try:
+                    instance.check(fresh_for=_FRESH_S)
+                except InstanceBroken:
+                    self._discard(instance, crashed=True)
+                    continue
+            with self._cond:
+                problem: Exception
+                if self._closed:
+                    problem = ClosedError(
+                        "this ChromePool was closed while acquiring; create a new one"
+                    )
+                elif task_id in self._leases:
+                    problem = PoolError(
+                        f"task {task_id!r} already holds a driver; release it first"
+                    )
+                else:
+                    self._leases[task_id] = _Lease(instance, time.monotonic())
+                    self._latencies.append((time.monotonic() - started) * 1000.0)
+                    return instance.driver
+                if not self._closed:
+                    instance.busy = False
+                    self._idle.append(instance)
+                    self._cond.notify()
+            if self._closed:
+                instance.close()
+            raise problem
+
+    def release(self, task_id: Any, driver: WebDriver) -> None:
+        """Give ``task_id``'s driver back: its tab is closed and the instance made ready.
+
+        Raises :class:`BrowserCrashedError` if the browser died or hung while lent (it is
+        replaced) and PoolError for an unknown ``task_id`` or a driver the task does not
+        hold. After :meth:`close`, releasing is a no-op.
+        """
+        with self._cond:
+            if self._closed:
+                self._leases.pop(task_id, None)
+                return
+            lease = self._leases.get(task_id)
+            if lease is None:
+                raise PoolError(f"task {task_id!r} holds no driver from this pool")
+            if lease.instance.driver is not driver:
+                raise PoolError(f"task {task_id!r} holds a different driver")
+            del self._leases[task_id]
+            self._tasks += 1
+        instance = lease.instance
+        instance.tasks += 1
+        try:
+            if not instance.processes_alive():
+                raise InstanceBroken("the browser or chromedriver process died")
+            if self._needs_recycle(instance):
+                self._discard(instance, recycled=True)
+                return
+            instance.prepare_tab()
+        except InstanceBroken as exc:
+            if self._closed:
+                return  # close() killed it under us: nothing to report
+            self._discard(instance, crashed=True)
+            raise BrowserCrashedError(
+                f"the browser serving task {task_id!r} crashed or hung ({exc}); it was killed "
+                "and will be replaced. Retry the task"
+            ) from exc
+        with self._cond:
+            if self._closed:
+                closed_now = True
+            else:
+                closed_now = False
+                instance.busy = False
+                instance.last_used = time.monotonic()
+                self._idle.append(instance)
+                self._cond.notify()
+        if closed_now:
+            instance.close()
+
+    @contextlib.contextmanager
+    def session(self, task_id: Any, timeout: float = 30.0) -> Iterator[WebDriver]:
+        """``with pool.session(task_id) as driver:`` acquire, then release on exit.
+
+        If the browser crashed while lent, the block's error (or a clean exit) becomes
+        :class:`BrowserCrashedError`, chained to the original.
+        """
+        driver = self.acquire(task_id, timeout)
+        try:
+            yield driver
+        except BaseException as exc:
+            self._release_after_error(task_id, driver, exc)
+            raise
+        self.release(task_id, driver)
+
+    @contextlib.asynccontextmanager
+    async def session_async(self, task_id: Any, timeout: float = 30.0) -> AsyncIterator[WebDriver]:
+        """Async twin of :meth:`session`; Selenium calls run in worker threads, not the loop.
+
+        Run your own driver calls in threads too (``await anyio.to_thread.run_sync(driver.get,
+        url)``). Waiting for a free instance counts against ``timeout``; a cancellation that
+        arrives while a worker thread is already lending an instance takes effect once it
+        returns, and the instance is then released.
+        """
+        gate, threads = self._async_limiters()
+        started = anyio.current_time()
+        got_gate = False
+        with anyio.move_on_after(max(0.0, timeout)):
+            await gate.acquire()
+            got_gate = True
+        if not got_gate:
+            self._check_open()
+            with self._cond:
+                self._waits += 1
+                self._timeouts += 1
+            raise PoolExhaustedError(
+                f"no Chrome instance free within {timeout:g}s (pool_size={self.pool_size}); "
+                "raise the timeout or pool_size"
+            )
+        try:
+            remaining = max(0.0, timeout - (anyio.current_time() - started))
+            driver = await anyio.to_thread.run_sync(
+                functools.partial(self.acquire, task_id, remaining), limiter=threads
+            )
+        finally:
+            gate.release()
+        try:
+            yield driver
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    self._release_after_error, task_id, driver, exc, limiter=threads
+                )
+            raise
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.release, task_id, driver, limiter=threads)
+
+    def screenshot(
+        self, driver: WebDriver, target_size_kb: int | None = None, format: str = "JPEG"
+    ) -> bytes:
+        """The driver's current viewport as a small image (``target_size_kb`` from settings)."""
+        size = self._settings.resources.screenshot_target_size_kb
+        return screenshot(driver, size if target_size_kb is None else target_size_kb, format)
+
+    # -- stats and lifecycle ----------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot of sizes, counters, acquire latency and memory per instance."""
+        now = time.monotonic()
+        with self._cond:
+            latencies = sorted(self._latencies)
+            instances = tuple(
+                InstanceStats(
+                    number=inst.number,
+                    busy=inst.busy,
+                    tasks=inst.tasks,
+                    age_s=now - inst.created_at,
+                    idle_s=0.0 if inst.busy else now - inst.last_used,
+                    browser_pid=inst.browser_pid,
+                    driver_pid=inst.driver_pid,
+                    driver_port=inst.driver_port,
+                    debug_port=inst.debug_port,
+                    context_isolation=inst.isolates_contexts,
+                    rss_mb=inst.rss_mb,
+                    pss_mb=inst.pss_mb,
+                    uss_mb=inst.uss_mb,
+                )
+                for inst in self._instances
+            )
+            in_use = sum(1 for inst in self._instances if inst.busy)
+            return PoolStats(
+                max_size=self.pool_size,
+                size=len(self._instances),
+                in_use=in_use,
+                idle=len(self._idle),
+                starting=self._starting,
+                waiting=self._waiting,
+                created=self._created,
+                recycled=self._recycled,
+                reaped=self._reaped,
+                crashed=self._crashed,
+                tasks=self._tasks,
+                waits=self._waits,
+                timeouts=self._timeouts,
+                acquire_p50_ms=_percentile(latencies, 0.50),
+                acquire_p95_ms=_percentile(latencies, 0.95),
+                utilization=in_use / self.pool_size,
+                memory_mb=tuple(i.pss_mb for i in instances),
+                instances=instances,
+                closed=self._closed,
+            )
+
+    def close(self) -> None:
+        """Quit every instance and kill any process the pool started. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            instances = list(self._instances)
+            self._instances.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        self._stop.set()
+        reaper = self._reaper
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join()
+        for instance in instances:
+            instance.close()
+        _LIVE_POOLS.discard(self)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close` (the blocking teardown runs in a worker thread)."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def __enter__(self) -> ChromePool:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ChromePool:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this ChromePool is closed; create a new one")
+
+    def _checkout(self, task_id: Any, deadline: float, timeout: float) -> ChromeInstance | None:
+        """Take an idle instance, or a start slot (None), waiting until ``deadline``."""
+        waited = False
+        with self._cond:
+            while True:
+                self._check_open()
+                if task_id in self._leases:
+                    raise PoolError(f"task {task_id!r} already holds a driver; release it first")
+                if self._idle:
+                    instance = self._idle.pop()
+                    instance.busy = True
+                    return instance
+                if len(self._instances) + self._starting < self.pool_size:
+                    self._starting += 1
+                    return None
+                if not waited:
+                    waited = True
+                    self._waits += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._timeouts += 1
+                    raise PoolExhaustedError(
+                        f"all {self.pool_size} Chrome instances stayed busy for {timeout:g}s; "
+                        "raise the timeout or pool_size, or release drivers sooner"
+                    )
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+
+    def _start_instance(self) -> ChromeInstance:
+        with self._cond:
+            self._numbers += 1
+            number = self._numbers
+        try:
+            if self.remote_url is not None:
+                instance = ChromeInstance.start_remote(
+                    number=number,
+                    remote_url=self.remote_url,
+                    chrome_binary=self.chrome_binary if self.chrome_binary else None,
+                    headless=self.headless,
+                    base_options=self._options,
+                    op_timeout=self.op_timeout,
+                )
+            else:
+                assert self.chrome_binary is not None
+                assert self.driver_path is not None
+                instance = ChromeInstance.start_local(
+                    number=number,
+                    chrome_binary=self.chrome_binary,
+                    driver_path=self.driver_path,
+                    headless=self.headless,
+                    base_options=self._options,
+                    start_timeout=self.start_timeout,
+                    op_timeout=self.op_timeout,
+                )
+        except BaseException:
+            with self._cond:
+                self._starting -= 1
+                self._cond.notify()
+            raise
+        instance.busy = True
+        instance.sample_memory()
+        with self._cond:
+            self._starting -= 1
+            closed = self._closed
+            if not closed:
+                self._instances.append(instance)
+                self._created += 1
+                self._ensure_reaper()
+        if closed:
+            instance.close()
+            raise ClosedError("this ChromePool was closed while starting Chrome; create a new one")
+        return instance
+
+    def _needs_recycle(self, instance: ChromeInstance) -> bool:
+        if (
+            self.max_tasks_per_instance is not None
+            and instance.tasks >= self.max_tasks_per_instance
+        ):
+            return True
+        if self.max_memory_mb is None or instance.pss_mb is None:
+            return False
+        # Sampled by the housekeeping thread, off the task's path.
+        return instance.pss_mb > self.max_memory_mb
+
+    def _discard(
+        self, instance: ChromeInstance, *, crashed: bool = False, recycled: bool = False
+    ) -> None:
+        """Forget ``instance`` (freeing its slot for a replacement) and kill it."""
+        with self._cond:
+            if instance in self._instances:
+                self._instances.remove(instance)
+            if instance in self._idle:
+                self._idle.remove(instance)
+            self._crashed += crashed
+            self._recycled += recycled
+            self._cond.notify()
+        instance.close()
+
+    def _release_after_error(self, task_id: Any, driver: WebDriver, error: BaseException) -> None:
+        try:
+            self.release(task_id, driver)
+        except BrowserCrashedError as crash:
+            if isinstance(error, Exception) and not isinstance(error, BrowserCrashedError):
+                raise crash from error
+            # Cancellation and interrupts keep their meaning; the instance is already gone.
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = threading.Thread(
+                target=self._reap_loop, name="leadperf-chrome-housekeeping", daemon=True
+            )
+            self._reaper.start()
+
+    def _reap_loop(self) -> None:
+        # Housekeeping: close instances idle past idle_timeout, sample memory now and then.
+        interval = min(max(self.idle_timeout / 4, 0.05), 5.0)
+        while not self._stop.wait(interval):
+            now = time.monotonic()
+            cutoff = now - self.idle_timeout
+            with self._cond:
+                stale = [inst for inst in self._idle if inst.last_used <= cutoff]
+                for inst in stale:
+                    self._idle.remove(inst)
+                    self._instances.remove(inst)
+                self._reaped += len(stale)
+                if stale:
+                    self._cond.notify_all()
+                due = [
+                    inst
+                    for inst in self._instances
+                    if now - inst.memory_sampled_at >= _MEMORY_SAMPLE_INTERVAL
+                ]
+            for inst in stale:
+                inst.close()
+            for inst in due:
+                if self._stop.is_set():
+                    break
+                inst.sample_memory()
+
+    def _async_limiters(self) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
+        # Limiters belong to one event loop; keep a pair per loop. The gate bounds acquires
+        # in flight, the thread limiter leaves room for every release so none starves.
+        try:
+            import asyncio
+
+            key: Any = asyncio.get_running_loop()
+        except RuntimeError:
+            key = None
+        pair = self._limiters.get(key) if key is not None else self._fallback_limiters
+        if pair is None:
+            pair = (
+                anyio.CapacityLimiter(self.pool_size),
+                anyio.CapacityLimiter(2 * self.pool_size),
+            )
+            if key is not None:
+                self._limiters[key] = pair
+            else:
+                self._fallback_limiters = pair
+        return pair[0], pair[1]
+
+
+def screenshot(driver: WebDriver, target_size_kb: int = 200, format: str = "JPEG") -> bytes:
+    """Screenshot the driver's viewport and shrink it under ``target_size_kb`` KB.
+
+    Uses ``ResourceOptimizer.optimize_screenshot`` (Pillow; ``pip install
+    'leadperf[images]'``). Raises :class:`~leadperf.errors.ImageError` if it cannot.
+    """
+    from .optimize.resources import get_resource_optimizer
+
+    png = driver.get_screenshot_as_png()
+    return get_resource_optimizer().optimize_screenshot(
+        png, target_size_kb=target_size_kb, format=format
+    )
+
+
+def get_chrome_pool() -> ChromePool:
+    """The process-wide default pool, built from the environment on first use.
+
+    A closed default is replaced by a new one on the next call.
+    """
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None or _default_pool.closed:
+            _default_pool = ChromePool()
+        return _default_pool
+
+
+_default_lock = threading.Lock()
+_default_pool: ChromePool | None = None
+_LIVE_POOLS: weakref.WeakSet[ChromePool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    # Hosts that forget close() must not leave Chrome running after they exit.
+    for pool in list(_LIVE_POOLS):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+def _find_chrome() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}: must be an integer > 0, got {value!r}", key=key)
+    return value
+
+
+def _positive_num(key: str, value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}: must be a number > 0, got {value!r}", key=key)
+    return float(value)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return float(sorted_values[index])
