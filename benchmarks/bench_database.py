@@ -160,6 +160,31 @@ async def run_executemany(
     return samples
 
 
+async def copy_floor(
+    dsn: str, admin: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]
+) -> Sample:
+    """Plain COPY of the rows into a fresh, empty table: no upsert, one connection.
+
+    Not a contender (it cannot update), but the floor any COPY-based upsert of this table
+    stands on: what loading these rows costs this client and server at all.
+    """
+    table = f"bench_floor_{uuid.uuid4().hex[:8]}"
+    await admin.execute(sql.SQL(DDL).format(sql.Identifier(table)))
+    try:
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        )
+        conn = await psycopg.AsyncConnection.connect(dsn)
+        async with conn, CpuMeter(admin) as meter:
+            async with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for row in rows:
+                    await copy.write_row(tuple(row[c] for c in COLUMNS))
+            await conn.commit()
+        return meter.sample()
+    finally:
+        await admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -211,6 +236,7 @@ async def main() -> None:
                     await admin.execute(
                         sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table))
                     )
+        floors = [await copy_floor(dsn, admin, runs[0]) for _ in range(args.rounds)]
 
     def pick(name: str, run: int, what: int, how: Any) -> float:
         return float(how(r[run][what] for r in results[name]))
@@ -237,6 +263,13 @@ async def main() -> None:
                 f"| {client + server:.2f} ({client:.2f} + {server:.2f}) "
                 f"| {base_cpu / (client + server):.2f}x |"
             )
+
+    wall, client, server = min(floors)
+    print(
+        f"\nFloor: plain COPY of the same {args.rows:,} rows into an empty table (no upsert, "
+        f"one connection), best of {args.rounds}: {wall:.3f} s = {args.rows / wall:,.0f} rows/s, "
+        f"CPU {client + server:.2f} s ({client:.2f} + {server:.2f})"
+    )
 
 
 if __name__ == "__main__":
