@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
+from conftest import service_missing
 from leadperf import Settings
 from leadperf.cache import (
     MemoryCache,
@@ -415,7 +416,7 @@ class ThrowawayRedis:
 @pytest.fixture
 def throwaway_redis() -> Iterator[ThrowawayRedis]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server binary not found: apt-get install redis-server")
+        service_missing("redis-server binary not found: apt-get install redis-server")
     server = ThrowawayRedis()
     server.start()
     try:
