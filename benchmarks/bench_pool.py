@@ -5,13 +5,19 @@
 Reports, in one run (median of 10 unless said): cold start to first page loaded; warm
 ``session()`` acquire alone; acquire plus the same page; a navigation in an already open
 tab (the floor); the pool's tab reset on release; pages per minute for 60 page tasks with
-2 workers (pool of 2 vs a new driver per task, and the pool again with Chrome's omnibox
-WebUI preloading turned off); and one instance's memory (summed RSS, PSS, USS of its
-process tree, psutil ``memory_full_info``).
+2 workers (pool of 2 vs a new driver per task); the CPU time (user + system, all cores)
+Chrome and chromedriver spend per page task on each side, per tab reset and per navigation,
+which bounds pages per minute on a small host; and one instance's memory (summed RSS, PSS,
+USS of its process tree, psutil ``memory_full_info``).
+
+Both sides of the throughput comparison do the same page work (load the page, read its
+title) and start Chrome with the same flags; the pooled figure includes starting its two
+instances, the driver-per-task one includes every start and quit.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -22,18 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psutil
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from leadperf._chrome_instance import chrome_flags
+from leadperf._chrome_instance import build_options
 from leadperf.pool import ChromePool
 
 RUNS = 10
 TASKS = 60
 WORKERS = 2
-# Chrome 156 preloads an omnibox WebUI renderer in every browser context, so every task's
-# fresh context pays for one; these features turn it off (not in the pool's default flags).
-LEAN = ["--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup"]
 PAGE = (
     "<html><head><title>lead</title></head><body><h1>Acme Corp</h1>"
     + "".join(f"<p class='lead'>Contact {i}: person{i}@example.com</p>" for i in range(200))
@@ -64,6 +68,36 @@ def median_of(fn: Callable[[], float], runs: int = RUNS) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
+def tree_cpu(pool: ChromePool) -> float:
+    """CPU seconds used so far by the pool's chromedriver and Chrome processes.
+
+    Each process's own time plus that of the children it reaped (Chrome's zygote reaps the
+    renderers of closed tabs), so processes that already exited are counted too.
+    """
+    total = 0.0
+    for inst in pool.stats().instances:
+        if inst.driver_pid is None:
+            continue
+        try:
+            root = psutil.Process(inst.driver_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def reaped_cpu() -> float:
+    """CPU seconds of this process's exited children (chromedriver, and what it reaped)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def main() -> None:
     chrome = shutil.which("chromium") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
@@ -78,10 +112,8 @@ def main() -> None:
         return f"{url_base}/lead/{next(counter)}"
 
     def new_driver() -> Any:
-        options = webdriver.ChromeOptions()
-        for flag in chrome_flags(headless=True):
-            options.add_argument(flag)
-        options.binary_location = chrome
+        # The pool's own flags (headless, required flags, disabled features): a fair baseline.
+        options = build_options(None, headless=True, binary=chrome, extra=())
         return webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
 
     def load(driver: Any) -> None:
@@ -130,9 +162,16 @@ def main() -> None:
             return releases[-1]
 
         warm_acquire = median_of(acquire_alone)
+        cpu_before = tree_cpu(pool)
         warm_page = median_of(acquire_page)
+        cpu_task = (tree_cpu(pool) - cpu_before) / RUNS
         reset = median_of(timed_release)
         with pool.session("nav") as driver:
+            # The tab reset alone (what release does after its cheap checks), 10 times.
+            cpu_before = tree_cpu(pool)
+            for _ in range(RUNS):
+                pool._instances[0].prepare_tab()
+            cpu_reset = (tree_cpu(pool) - cpu_before) / RUNS
             load(driver)
 
             def navigate() -> float:
@@ -140,7 +179,9 @@ def main() -> None:
                 load(driver)
                 return time.perf_counter() - started
 
+            cpu_before = tree_cpu(pool)
             nav = median_of(navigate)
+            cpu_nav = (tree_cpu(pool) - cpu_before) / RUNS
             pool._instances[0].sample_memory()
             inst = pool.stats().instances[0]
         stats = pool.stats()
@@ -152,12 +193,10 @@ def main() -> None:
             list(ex.map(task, range(TASKS)))
         return TASKS / (time.perf_counter() - started) * 60
 
-    def pooled_run(options: list[str] | None) -> tuple[float, float, int]:
-        """Pages/minute, median release time, instances started."""
+    def pooled_run() -> tuple[float, float, int, float]:
+        """Pages/minute, median release time, instances started, CPU s per task."""
         released: list[float] = []
-        with ChromePool(
-            pool_size=WORKERS, chrome_binary=chrome, driver_path=driver_path, options=options
-        ) as pool2:
+        with ChromePool(pool_size=WORKERS, chrome_binary=chrome, driver_path=driver_path) as pool2:
 
             def pooled(n: int) -> None:
                 driver = pool2.acquire(f"task-{n}")
@@ -167,10 +206,11 @@ def main() -> None:
                 released.append(time.perf_counter() - started)
 
             ppm = run_tasks(pooled)
-            return ppm, statistics.median(released), pool2.stats().created
+            # Both instances started inside the run, so their CPU so far is the run's.
+            cpu = tree_cpu(pool2) / TASKS
+            return ppm, statistics.median(released), pool2.stats().created, cpu
 
-    pooled_ppm, pooled_release, pooled_created = pooled_run(None)
-    lean_ppm, lean_release, _ = pooled_run(LEAN)
+    pooled_ppm, pooled_release, pooled_created, pooled_cpu = pooled_run()
 
     def per_task(n: int) -> None:
         driver = new_driver()
@@ -179,7 +219,10 @@ def main() -> None:
         finally:
             driver.quit()
 
+    cpu_before = reaped_cpu()
     per_task_ppm = run_tasks(per_task)
+    per_task_cpu = (reaped_cpu() - cpu_before) / TASKS
+    cores = os.cpu_count() or 1
     httpd.shutdown()
 
     rows = [
@@ -202,7 +245,7 @@ def main() -> None:
             f"{pooled_ppm:.0f}",
             f"{pooled_ppm / per_task_ppm:.1f}x driver-per-task (>= 4x: "
             f"{'met' if pooled_ppm / per_task_ppm >= 4 else 'MISSED'}); "
-            f"{pooled_created} instances started",
+            f"release median {ms(pooled_release)}; {pooled_created} instances started",
         ),
         (
             f"pages/minute, {TASKS} tasks, {WORKERS} workers: new driver per task",
@@ -210,10 +253,20 @@ def main() -> None:
             "",
         ),
         (
-            f"pages/minute, pool of {WORKERS} with options=[{LEAN[0]}]",
-            f"{lean_ppm:.0f}",
-            f"{lean_ppm / per_task_ppm:.1f}x driver-per-task; release median {ms(lean_release)} "
-            f"(default flags: {ms(pooled_release)} in the same kind of run)",
+            f"CPU per page task in that run (Chrome + chromedriver): pool of {WORKERS}",
+            ms(pooled_cpu),
+            f"{cores} cores allow at most {cores * 60 / pooled_cpu:.0f} pages/minute",
+        ),
+        (
+            "CPU per page task in that run (Chrome + chromedriver): new driver per task",
+            ms(per_task_cpu),
+            f"{cores} cores allow at most {cores * 60 / per_task_cpu:.0f} pages/minute "
+            "(exited processes only: a lower bound)",
+        ),
+        (
+            "CPU, warm pool of 1: acquire + page + release / tab reset alone / navigation",
+            f"{ms(cpu_task)} / {ms(cpu_reset)} / {ms(cpu_nav)}",
+            "means of 10; the reset is a new context + tab, the old context disposed",
         ),
         (
             "one instance, process tree: PSS",
