@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json as _json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -27,7 +28,15 @@ from ..errors import (
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["ENGINES", "AiohttpEngine", "Engine", "HttpxEngine", "Response", "make_engine"]
+__all__ = [
+    "ENGINES",
+    "AiohttpEngine",
+    "Engine",
+    "HttpxEngine",
+    "RawHeaders",
+    "Response",
+    "make_engine",
+]
 
 ENGINES = ("aiohttp", "httpx")
 _UTF = ("utf8", "utf16", "utf32")
@@ -50,6 +59,41 @@ def decode(content: bytes, headers: httpx.Headers) -> str:
         return content.decode(charset_of(headers), errors="replace")
     except LookupError:
         return content.decode("utf-8", errors="replace")
+
+
+class RawHeaders(httpx.Headers):
+    """:class:`httpx.Headers` over raw ``(name, value)`` byte pairs, parsed on first use.
+
+    Most bulk responses never have their headers read, so building httpx's lookup list
+    (a lower-cased copy of every name) waits until a method needs it.
+    """
+
+    # Slots and one flat tuple of bytes (no dict, no tuple per header): a kept result adds
+    # few objects for the garbage collector to count, so 100K kept results collect less.
+    __slots__ = ("_encoding", "_flat", "_parsed")
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:  # no super(): lazy
+        self._flat: tuple[bytes, ...] | None = tuple(chain.from_iterable(raw))
+        self._parsed: list[tuple[bytes, bytes, bytes]] | None = None
+        self._encoding = None
+
+    @property  # httpx.Headers keeps a plain attribute here; same type, built on first use
+    def _list(self) -> list[tuple[bytes, bytes, bytes]]:
+        parsed = self._parsed
+        if parsed is None:
+            flat = self._flat or ()
+            pairs = zip(flat[::2], flat[1::2], strict=True)
+            parsed = [(key, key.lower(), value) for key, value in pairs]
+            self._parsed, self._flat = parsed, None
+        return parsed
+
+    @_list.setter
+    def _list(self, value: list[tuple[bytes, bytes, bytes]]) -> None:
+        self._flat = None
+        self._parsed = value
+
+    def __repr__(self) -> str:  # shown as what it is to users: httpx.Headers
+        return repr(httpx.Headers(self))
 
 
 class Response:
@@ -220,7 +264,7 @@ class AiohttpEngine:
             raise ScrapeConnectionError(
                 f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
             ) from exc
-        return Response(status, body, httpx.Headers(list(raw)), final, time.perf_counter() - start)
+        return Response(status, body, RawHeaders(raw), final, time.perf_counter() - start)
 
     async def aclose(self) -> None:
         await self._session.close()

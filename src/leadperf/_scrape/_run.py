@@ -42,7 +42,8 @@ class Run(Generic[R]):
 
     ``read()`` yields ready :class:`Job` objects (``platform=None`` with a ``result`` for
     inputs rejected up front); ``handle(job)`` produces the result while the job's slot
-    is held; ``emit(job, result)`` delivers it.
+    is held; ``emit(job, result)`` delivers it, returning an awaitable only when it has to
+    wait (a plain call otherwise: no coroutine per result).
     """
 
     def __init__(
@@ -50,7 +51,7 @@ class Run(Generic[R]):
         jobs: Iterator[Job[R]],
         *,
         handle: Callable[[Job[R]], Awaitable[R]],
-        emit: Callable[[Job[R], R], Awaitable[None]],
+        emit: Callable[[Job[R], R], Awaitable[None] | None],
         lookahead: int,
         workers: int,
     ) -> None:
@@ -188,7 +189,9 @@ class Run(Generic[R]):
             platform = job.platform
             if platform is None:
                 assert job.result is not None
-                await self._emit(job, job.result)
+                waiter = self._emit(job, job.result)
+                if waiter is not None:
+                    await waiter
                 self._done()
                 job = None
                 continue
@@ -197,7 +200,9 @@ class Run(Generic[R]):
                     result = await self._handle(job)
                 finally:
                     platform.pending -= 1
-                await self._emit(job, result)
+                waiter = self._emit(job, result)
+                if waiter is not None:
+                    await waiter
             except BaseException:
                 platform.release()
                 raise
