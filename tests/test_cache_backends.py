@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import socket
@@ -443,8 +444,9 @@ async def test_redis_hung_server_times_out_as_a_miss(throwaway_redis: ThrowawayR
 
 @pytest.mark.redis
 async def test_tiered_serves_local_while_remote_down_then_recovers(
-    throwaway_redis: ThrowawayRedis,
+    throwaway_redis: ThrowawayRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="leadperf")
     url, start, stop = throwaway_redis.url, throwaway_redis.start, throwaway_redis.stop
     remote = RedisCache(url, settings=SETTINGS)
     tiered = TieredCache(MemoryCache(settings=SETTINGS), remote, retry_after=0.2)
@@ -458,6 +460,10 @@ async def test_tiered_serves_local_while_remote_down_then_recovers(
         assert await tiered.get("missing") is None
         errors_down = tiered.stats().errors
         assert errors_down >= 1
+        outage = [r.getMessage() for r in caplog.records if r.name == "leadperf.cache"]
+        # Logged when the remote goes down, not on every call while it is known down.
+        assert 1 <= len(outage) <= errors_down
+        assert "remote cache unreachable" in outage[0]
         start()
         deadline = time.monotonic() + 5
         while True:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,3 +225,15 @@ async def test_facade_database_upserts_and_reports_pool(
         finally:
             await db.execute(f"DROP TABLE {unique_name}")
     assert db.closed
+
+
+def test_log_level_applies_to_leadperf_logger_only(settings: Settings) -> None:
+    lp, root = logging.getLogger("leadperf"), logging.getLogger()
+    before_lp, before_root = lp.level, root.level
+    try:
+        perf = PerformanceOptimizer(settings.evolve(log_level="DEBUG"))
+        assert lp.level == logging.DEBUG
+        assert root.level == before_root  # the host owns the rest of logging
+        perf.close()
+    finally:
+        lp.setLevel(before_lp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -280,8 +281,9 @@ def test_misuse_is_reported(pool: ChromePool) -> None:
 
 
 def test_browser_killed_mid_task_raises_and_is_replaced(
-    pool: ChromePool, server: PageServer
+    pool: ChromePool, server: PageServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="leadperf")
     before = pool.stats()
     with pool.session("crash") as driver:
         driver.get(server.url("/crash/before"))
@@ -298,6 +300,8 @@ def test_browser_killed_mid_task_raises_and_is_replaced(
     after = pool.stats()
     assert after.crashed - before.crashed == 1
     assert pid not in {i.browser_pid for i in after.instances}
+    logged = [r.getMessage() for r in caplog.records if r.name == "leadperf.pool"]
+    assert any(f"browser pid {pid}) crashed" in m for m in logged), logged
 
     with pool.session("after-crash") as driver:
         driver.get(server.url("/crash/replaced"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import socket
 import time
 import uuid
@@ -909,3 +910,18 @@ def test_sync_context_manager_through_one_portal_task(server: ScrapeServer, key:
         result = get_portal().call(s.fetch, server.url(0, f"/page/{key}"))
     assert result.ok
     assert s.closed
+
+
+@pytest.mark.anyio
+async def test_a_throttled_platform_is_logged(
+    server: ScrapeServer, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="leadperf")
+    async with scraper() as s:
+        result = await s.fetch(server.url(0, f"/throttle/{key}?n=1&retry_after=0"))
+    assert result.status_code == 200
+    assert result.attempts == 2
+    records = [r for r in caplog.records if r.name == "leadperf.scraper"]
+    assert len(records) == 1
+    assert "answered 429" in records[0].getMessage()
+    assert server.platform(0) in records[0].getMessage()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import threading
@@ -46,6 +47,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
+
+_log = logging.getLogger("leadperf.pool")
 
 __all__ = ["ChromePool", "InstanceStats", "PoolStats", "get_chrome_pool", "screenshot"]
 
@@ -569,6 +572,14 @@ class ChromePool:
         self, instance: ChromeInstance, *, crashed: bool = False, recycled: bool = False
     ) -> None:
         """Forget ``instance`` (freeing its slot for a replacement) and kill it."""
+        if crashed:
+            _log.warning(
+                "Chrome instance (browser pid %s) crashed or hung: killed; a new one "
+                "replaces it on demand",
+                instance.browser_pid,
+            )
+        elif recycled:
+            _log.info("Chrome instance (browser pid %s) recycled", instance.browser_pid)
         with self._cond:
             if instance in self._instances:
                 self._instances.remove(instance)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import random
 import re
 import time
@@ -63,6 +64,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
+
+_log = logging.getLogger("leadperf.scraper")
 
 __all__ = [
     "AsyncScraper",
@@ -884,6 +887,15 @@ class AsyncScraper:
                 if retry_after is not None:
                     retry_after = min(retry_after, self.retry.max_retry_after)
                 platform.on_throttle(time.monotonic(), retry_after)
+                if _log.isEnabledFor(logging.INFO):
+                    _log.info(
+                        "platform %s answered %d: slowed to %d in flight, %.2f s apart%s",
+                        platform.key,
+                        status,
+                        platform.limit,
+                        platform.adaptive_delay,
+                        "" if retry_after is None else f", paused {retry_after:.1f} s",
+                    )
                 return response
             if status >= 500:
                 return response

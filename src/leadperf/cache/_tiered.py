@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from typing import Self
 
     from ..config import Settings
+
+_log = logging.getLogger("leadperf.cache")
 
 __all__ = ["TieredCache"]
 
@@ -131,6 +134,15 @@ class TieredCache:
 
     def _remote_failed(self, exc: BaseException) -> None:
         self._errors += 1
+        if self._remote_ok():  # log when it goes down, not on calls skipped while it is down
+            _log.warning(
+                "%r: remote cache unreachable (%s: %s); serving from the local cache, "
+                "retrying in %.1f s",
+                self,
+                type(exc).__name__,
+                exc,
+                self.retry_after,
+            )
         self._down_until = time.monotonic() + self.retry_after
         if self._raise_errors:
             if isinstance(exc, CacheUnavailableError):

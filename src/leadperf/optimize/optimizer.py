@@ -4,6 +4,7 @@ owns their lifecycle, reports their stats and applies tuning profiles."""
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -60,6 +61,8 @@ class PerformanceOptimizer:
         if settings is not None and not isinstance(settings, Settings):
             raise ConfigError(f"settings must be a leadperf.Settings, got {type(settings)!r}")
         self.settings = settings or Settings.from_env()
+        # Only leadperf's own logger: the host application owns logging configuration.
+        logging.getLogger("leadperf").setLevel(self.settings.log_level)
         self.registry = registry or MetricsRegistry()
         self._lock = threading.RLock()
         self._state = _State.NEW
