@@ -5,7 +5,8 @@
 Reports, in one run (median of 10 unless said): cold start to first page loaded; warm
 ``session()`` acquire alone; acquire plus the same page; a navigation in an already open
 tab (the floor); the pool's tab reset on release; pages per minute for 60 page tasks with
-2 workers (pool of 2 vs a new driver per task); the CPU time (user + system, all cores)
+2 workers (pool of 2 with ``isolation="context"``, the default, and ``isolation="tab"``,
+vs a new driver per task); the CPU time (user + system, all cores)
 Chrome and chromedriver spend per page task on each side, per tab reset and per navigation,
 which bounds pages per minute on a small host; and one instance's memory (summed RSS, PSS,
 USS of its process tree, psutil ``memory_full_info``).
@@ -193,10 +194,12 @@ def main() -> None:
             list(ex.map(task, range(TASKS)))
         return TASKS / (time.perf_counter() - started) * 60
 
-    def pooled_run() -> tuple[float, float, int, float]:
+    def pooled_run(isolation: str) -> tuple[float, float, int, float]:
         """Pages/minute, median release time, instances started, CPU s per task."""
         released: list[float] = []
-        with ChromePool(pool_size=WORKERS, chrome_binary=chrome, driver_path=driver_path) as pool2:
+        with ChromePool(
+            pool_size=WORKERS, chrome_binary=chrome, driver_path=driver_path, isolation=isolation
+        ) as pool2:
 
             def pooled(n: int) -> None:
                 driver = pool2.acquire(f"task-{n}")
@@ -210,7 +213,8 @@ def main() -> None:
             cpu = tree_cpu(pool2) / TASKS
             return ppm, statistics.median(released), pool2.stats().created, cpu
 
-    pooled_ppm, pooled_release, pooled_created, pooled_cpu = pooled_run()
+    pooled_ppm, pooled_release, pooled_created, pooled_cpu = pooled_run("context")
+    tab_ppm, tab_release, tab_created, tab_cpu = pooled_run("tab")
 
     def per_task(n: int) -> None:
         driver = new_driver()
@@ -241,11 +245,18 @@ def main() -> None:
         ("navigate an already open tab (floor), median of 10", ms(nav), ""),
         ("pool: release (new context + tab, old one disposed), median of 10", ms(reset), ""),
         (
-            f"pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}",
+            f'pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}, "context"',
             f"{pooled_ppm:.0f}",
             f"{pooled_ppm / per_task_ppm:.1f}x driver-per-task (>= 4x: "
             f"{'met' if pooled_ppm / per_task_ppm >= 4 else 'MISSED'}); "
             f"release median {ms(pooled_release)}; {pooled_created} instances started",
+        ),
+        (
+            f'pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}, isolation="tab"',
+            f"{tab_ppm:.0f}",
+            f"{tab_ppm / per_task_ppm:.1f}x driver-per-task (>= 4x: "
+            f"{'met' if tab_ppm / per_task_ppm >= 4 else 'MISSED'}); "
+            f"release median {ms(tab_release)}; {tab_created} instances started",
         ),
         (
             f"pages/minute, {TASKS} tasks, {WORKERS} workers: new driver per task",
@@ -253,9 +264,14 @@ def main() -> None:
             "",
         ),
         (
-            f"CPU per page task in that run (Chrome + chromedriver): pool of {WORKERS}",
+            f'CPU per page task in that run (Chrome + chromedriver): pool of {WORKERS}, "context"',
             ms(pooled_cpu),
             f"{cores} cores allow at most {cores * 60 / pooled_cpu:.0f} pages/minute",
+        ),
+        (
+            'CPU per page task in that run (Chrome + chromedriver): pool, isolation="tab"',
+            ms(tab_cpu),
+            f"{cores} cores allow at most {cores * 60 / tab_cpu:.0f} pages/minute",
         ),
         (
             "CPU per page task in that run (Chrome + chromedriver): new driver per task",

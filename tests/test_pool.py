@@ -48,6 +48,8 @@ class PageServer:
                 server.requests.append((self.path, self.headers.get("Cookie")))
                 body = f"<html><head><title>{self.path}</title></head><body>{self.path}"
                 headers = [("Content-Type", "text/html")]
+                if self.path.startswith("/cached"):
+                    headers.append(("Cache-Control", "max-age=600"))
                 if self.path.startswith("/set"):
                     headers.append(("Set-Cookie", "tracker=task-one; Path=/"))
                     body += (
@@ -222,6 +224,73 @@ def test_tasks_do_not_share_cookies_or_storage(pool: ChromePool, server: PageSer
         assert driver.execute_script("return localStorage.getItem('who')") is None
         assert driver.execute_script("return sessionStorage.getItem('who')") is None
     assert server.cookies_for("/seen/b") == [None], "the server saw no cookie from task one"
+
+
+# -- isolation="tab": one context per instance, cleared between tasks -------------------------
+
+FETCH = (
+    "const done = arguments[arguments.length - 1];"
+    "fetch(arguments[0]).then(r => r.text()).then(done, e => done('error: ' + e));"
+)
+
+
+@pytest.fixture(scope="module")
+def tab_pool(paths: dict[str, str]) -> Iterator[ChromePool]:
+    with ChromePool(pool_size=1, idle_timeout=300, isolation="tab", **paths) as shared:
+        yield shared
+
+
+def test_tab_mode_clears_cookies_storage_and_cache(
+    tab_pool: ChromePool, server: PageServer
+) -> None:
+    other = server.url("/").replace("127.0.0.1", "localhost")  # a second origin
+    with tab_pool.session("tab-1") as driver:
+        first_pid = browser_pid(tab_pool, driver)
+        first_handle = driver.current_window_handle
+        driver.get(server.url("/set/tab-a"))
+        driver.get(server.url("/seen/tab-a"))
+        assert driver.execute_script("return localStorage.getItem('who')") == "task-one"
+        assert driver.execute_script("return sessionStorage.getItem('who')") == "task-one"
+        for _ in range(2):  # the second fetch comes from the HTTP cache
+            assert "/cached/tab" in driver.execute_async_script(FETCH, "/cached/tab")
+        # A tab the task opens itself, on another origin: closed and cleared too.
+        driver.switch_to.new_window("tab")
+        driver.get(other + "set/tab-b")
+        driver.get(other + "seen/tab-b")
+        assert len(driver.window_handles) == 2
+    assert server.cookies_for("/seen/tab-a") == ["tracker=task-one"], "the cookie really was set"
+    assert server.cookies_for("/seen/tab-b") == ["tracker=task-one"]
+    assert len(server.cookies_for("/cached/tab")) == 1, "served once, then from the cache"
+
+    with tab_pool.session("tab-2") as driver:
+        assert browser_pid(tab_pool, driver) == first_pid, "same browser, new task"
+        assert driver.current_window_handle != first_handle, "a new tab"
+        assert len(driver.window_handles) == 1, "the last task's tabs were closed"
+        assert not tab_pool.stats().instances[0].context_isolation
+        driver.get(server.url("/seen/tab-c"))
+        assert driver.execute_script("return localStorage.getItem('who')") is None
+        assert driver.execute_script("return sessionStorage.getItem('who')") is None
+        assert "/cached/tab" in driver.execute_async_script(FETCH, "/cached/tab")
+        driver.get(other + "seen/tab-d")
+        assert driver.execute_script("return localStorage.getItem('who')") is None
+    assert server.cookies_for("/seen/tab-c") == [None], "the server saw no cookie from task one"
+    assert server.cookies_for("/seen/tab-d") == [None], "nor on the other origin"
+    assert server.cookies_for("/cached/tab")[1:] == [None], "the HTTP cache was cleared"
+
+
+def test_tab_mode_crash_is_replaced(tab_pool: ChromePool, server: PageServer) -> None:
+    before = tab_pool.stats()
+    crashing = tab_pool.session("tab-crash")
+    with pytest.raises(BrowserCrashedError), crashing as driver:  # noqa: PT012
+        pid = browser_pid(tab_pool, driver)
+        os.kill(pid, signal.SIGKILL)
+        driver.get(server.url("/tab/crash"))
+    assert tab_pool.stats().crashed - before.crashed == 1
+    with tab_pool.session("tab-after-crash") as driver:
+        assert browser_pid(tab_pool, driver) != pid
+        driver.get(server.url("/tab/replaced"))
+        assert driver.title == "/tab/replaced"
+    assert [i.context_isolation for i in tab_pool.stats().instances] == [False]
 
 
 def test_timeouts_set_by_a_task_are_reset(pool: ChromePool, server: PageServer) -> None:
@@ -579,7 +648,12 @@ def test_settings_and_bad_arguments(tmp_env: pytest.MonkeyPatch, paths: dict[str
         assert from_env.stats().max_size == 3
     with ChromePool(pool_size=1, **paths) as explicit:
         assert explicit.pool_size == 1
-    for bad in ({"pool_size": 0}, {"idle_timeout": -1}, {"max_tasks_per_instance": 0}):
+    for bad in (
+        {"pool_size": 0},
+        {"idle_timeout": -1},
+        {"max_tasks_per_instance": 0},
+        {"isolation": "window"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             ChromePool(**bad, **paths)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="user-data-dir"):

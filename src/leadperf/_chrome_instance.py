@@ -34,7 +34,18 @@ from .errors import BrowserStartError
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-__all__ = ["REQUIRED_FLAGS", "ChromeInstance", "InstanceBroken", "build_options", "chrome_flags"]
+__all__ = [
+    "ISOLATION_MODES",
+    "REQUIRED_FLAGS",
+    "ChromeInstance",
+    "InstanceBroken",
+    "build_options",
+    "chrome_flags",
+]
+
+#: How tasks are kept apart: a fresh browser context each, or a fresh tab in one shared,
+#: cleared context.
+ISOLATION_MODES: tuple[str, ...] = ("context", "tab")
 
 #: Flags every pooled Chrome starts with (``--headless=new`` in front when headless).
 REQUIRED_FLAGS: tuple[str, ...] = (
@@ -165,8 +176,10 @@ class ChromeInstance:
         debug_port: int | None,
         devtools_url: str | None,
         op_timeout: float,
+        isolation: str = "context",
     ) -> None:
         self.number = number
+        self.isolation = isolation
         self.driver = driver
         self.process = process
         self.user_data_dir = user_data_dir
@@ -205,7 +218,7 @@ class ChromeInstance:
     @property
     def isolates_contexts(self) -> bool:
         """True when each task gets a fresh browser context (else: a new tab, cleared)."""
-        return self._devtools is not None
+        return self._devtools is not None and self.isolation == "context"
 
     @property
     def browser_pid(self) -> int | None:
@@ -228,6 +241,7 @@ class ChromeInstance:
         base_options: Any,
         start_timeout: float,
         op_timeout: float,
+        isolation: str = "context",
     ) -> ChromeInstance:
         """Start chromedriver and Chrome on freshly reserved ports; BrowserStartError if not."""
         webdriver = require("selenium.webdriver", "chrome", "selenium")
@@ -277,6 +291,7 @@ class ChromeInstance:
                 debug_port=debug_port,
                 devtools_url=_devtools_url(f"127.0.0.1:{debug_port}", op_timeout),
                 op_timeout=op_timeout,
+                isolation=isolation,
             )
             instance.prepare_tab()
         except Exception as exc:
@@ -296,6 +311,7 @@ class ChromeInstance:
         headless: bool,
         base_options: Any,
         op_timeout: float,
+        isolation: str = "context",
     ) -> ChromeInstance:
         """Open a session on a Selenium Grid (or any remote WebDriver end) at ``remote_url``."""
         webdriver = require("selenium.webdriver", "chrome", "selenium")
@@ -333,6 +349,7 @@ class ChromeInstance:
                 debug_port=None,
                 devtools_url=devtools_url,
                 op_timeout=op_timeout,
+                isolation=isolation,
             )
             instance.prepare_tab()
         except Exception as exc:
@@ -404,10 +421,12 @@ class ChromeInstance:
     def prepare_tab(self) -> None:
         """Open the next task's blank tab, close everything the last task left, reset state."""
         with self.deadline("resetting the tab"):
-            if self._devtools is not None:
+            if self._devtools is None:
+                self._rotate_tab()
+            elif self.isolation == "context":
                 self._rotate_context(self._devtools)
             else:
-                self._rotate_tab()
+                self._rotate_shared_tab(self._devtools)
             # Timeouts belong to the WebDriver session, not the tab: undo the last task's.
             if self.driver.execute("getTimeouts")["value"] != self._baseline:
                 self.driver.execute("setTimeouts", dict(self._baseline))
@@ -455,6 +474,44 @@ class ChromeInstance:
             with contextlib.suppress(InstanceBroken):  # it may have closed itself
                 devtools.call("Target.closeTarget", targetId=info["targetId"])
 
+    def _rotate_shared_tab(self, devtools: _DevTools) -> None:
+        # One context for the instance's life: a new tab in it, every other tab closed (the
+        # last task's and any it opened), then the context's cookies, storage and HTTP
+        # cache cleared. Cheaper than a context per task; see docs/pool.md for what stays.
+        created, targets = devtools.call_many(
+            [("Target.createTarget", {"url": "about:blank"}), ("Target.getTargets", {})]
+        )
+        handle = created["targetId"]
+        others = [
+            info["targetId"]
+            for info in targets["targetInfos"]
+            if info.get("type") == "page" and info["targetId"] != handle
+        ]
+        if others:
+            # Closed before clearing, so no page of the last task writes anything afterwards.
+            with contextlib.suppress(InstanceBroken):  # a tab may have closed itself
+                devtools.call_many([("Target.closeTarget", {"targetId": t}) for t in others])
+        self._switch_to_new(handle)
+        self.handle = handle
+        if self.tasks:
+            self._clear_shared_state()
+
+    def _clear_shared_state(self, origin: str | None = None) -> None:
+        """Clear cookies, storage of every origin and the HTTP cache from the current tab."""
+        driver = self.driver
+        try:
+            driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+        except Exception:  # no CDP at all: WebDriver's own cookie call
+            driver.delete_all_cookies()
+            return
+        # A failure past this point fails the reset, so the instance is replaced rather
+        # than lent with the last task's data.
+        for where in dict.fromkeys(o for o in (origin, "*") if o):
+            driver.execute_cdp_cmd(
+                "Storage.clearDataForOrigin", {"origin": where, "storageTypes": "all"}
+            )
+        driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+
     def _switch_to_new(self, handle: str) -> None:
         # chromedriver learns of new targets from its own DevTools events, which may lag
         # the browser's answer by a few milliseconds: retry briefly.
@@ -487,14 +544,7 @@ class ChromeInstance:
         driver.switch_to.window(handle)
         self.handle = handle
         if self.tasks:
-            try:
-                driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
-                if origin:
-                    driver.execute_cdp_cmd(
-                        "Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"}
-                    )
-            except Exception:  # no CDP at all: WebDriver's own cookie call
-                driver.delete_all_cookies()
+            self._clear_shared_state(origin)
 
     # -- memory -----------------------------------------------------------------------------
 

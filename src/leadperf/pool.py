@@ -5,7 +5,8 @@
 ...         driver.get("https://example.com")
 
 Instances start lazily up to ``pool_size``. Each task gets a fresh tab in a fresh browser
-context of an idle instance (see ``docs/pool.md`` for what that isolates); the tab is
+context of an idle instance, or with ``isolation="tab"`` a fresh tab in the instance's one
+context, cleared between tasks (see ``docs/pool.md`` for what each isolates); the tab is
 closed on release and the next one is opened right away, so ``acquire`` costs
 milliseconds. Idle instances are reaped after ``idle_timeout``; instances are recycled
 after ``max_tasks_per_instance`` tasks or above ``max_memory_mb`` (PSS of the process
@@ -34,7 +35,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._chrome_instance import ChromeInstance, InstanceBroken, owned_flag_in
+from ._chrome_instance import ISOLATION_MODES, ChromeInstance, InstanceBroken, owned_flag_in
 from ._util import mask_url
 from .config import Settings
 from .errors import (
@@ -123,7 +124,10 @@ class ChromePool:
     ``remote_url`` uses a Selenium Grid instead of local processes. ``options`` is a
     ``ChromeOptions`` or a list of extra Chrome arguments to start from.
     ``op_timeout`` bounds the pool's own browser calls (health check, tab reset): past it
-    the browser counts as hung. Raises :class:`ConfigError` for bad arguments.
+    the browser counts as hung. ``isolation`` is ``"context"`` (default: a fresh browser
+    context per task) or ``"tab"`` (a fresh tab in the instance's one context, whose
+    cookies, storage and HTTP cache are cleared between tasks: cheaper, shares more; see
+    ``docs/pool.md``). Raises :class:`ConfigError` for bad arguments.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class ChromePool:
         *,
         start_timeout: float = 60.0,
         op_timeout: float = 15.0,
+        isolation: str = "context",
     ) -> None:
         settings = settings or Settings.from_env()
         self._settings = settings
@@ -164,6 +169,11 @@ class ChromePool:
         )
         self.start_timeout = _positive_num("start_timeout", start_timeout)
         self.op_timeout = _positive_num("op_timeout", op_timeout)
+        if isolation not in ISOLATION_MODES:
+            raise ConfigError(
+                f"isolation: must be 'context' or 'tab', got {isolation!r}", key="isolation"
+            )
+        self.isolation = isolation
         if options is not None and isinstance(options, str | bytes):
             raise ConfigError(
                 "options: pass a ChromeOptions or a list of arguments, not a string", key="options"
@@ -525,6 +535,7 @@ class ChromePool:
                     headless=self.headless,
                     base_options=self._options,
                     op_timeout=self.op_timeout,
+                    isolation=self.isolation,
                 )
             else:
                 assert self.chrome_binary is not None
@@ -537,6 +548,7 @@ class ChromePool:
                     base_options=self._options,
                     start_timeout=self.start_timeout,
                     op_timeout=self.op_timeout,
+                    isolation=self.isolation,
                 )
         except BaseException:
             with self._cond:
