@@ -141,24 +141,20 @@ def headless_chrome(user_data_dir: Path) -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from leadperf._chrome_instance import build_options
+
     binary, driver_path = chrome_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in (
-        "--headless=new",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--window-size={WIDTH},{HEIGHT}",
-        f"--user-data-dir={user_data_dir}",
-    ):
-        options.add_argument(flag)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        options.add_argument("--no-sandbox")
+    # The pool's own launch flags, so screenshots come from the browser the pool runs.
+    options = build_options(
+        None,
+        headless=True,
+        binary=binary,
+        extra=(
+            "--hide-scrollbars",
+            f"--window-size={WIDTH},{HEIGHT}",
+            f"--user-data-dir={user_data_dir}",
+        ),
+    )
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
         driver.execute_cdp_cmd(

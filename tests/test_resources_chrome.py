@@ -68,25 +68,16 @@ def screenshot(chrome_paths: tuple[str, str], page_url: str) -> Iterator[bytes]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    from leadperf._chrome_instance import build_options
+
     binary, driver_path = chrome_paths
     with tempfile.TemporaryDirectory() as profile:
-        options = webdriver.ChromeOptions()
-        options.binary_location = binary
-        for flag in (
-            "--headless=new",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,720",
-            f"--user-data-dir={profile}",
-        ):
-            options.add_argument(flag)
-        if os.geteuid() == 0:
-            options.add_argument("--no-sandbox")
+        options = build_options(
+            None,
+            headless=True,
+            binary=binary,
+            extra=("--hide-scrollbars", "--window-size=1280,720", f"--user-data-dir={profile}"),
+        )
         driver: Any = webdriver.Chrome(
             options=options, service=Service(executable_path=driver_path)
         )
