@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -214,3 +215,11 @@ def test_repr_masks_credentials() -> None:
     assert "user:***@db:5432" in text
     assert s.database.url is not None
     assert "hunter2" in s.database.url
+
+
+def test_as_dict_is_json_able_and_masked() -> None:
+    s = Settings().evolve(database={"url": "postgresql://u:hunter2@db/x"})
+    data = json.loads(json.dumps(s.as_dict()))
+    assert data["database"]["url"] == "postgresql://u:***@db/x"
+    assert data["scraper"]["max_concurrent"] == 5
+    assert data["profile"] == "balanced"

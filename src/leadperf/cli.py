@@ -14,22 +14,10 @@ from typing import Any
 import anyio
 import attrs
 
-from ._util import mask_url
 from .config import Settings
 from .errors import LeadperfError
 
-__all__ = ["main", "settings_as_dict"]
-
-
-def settings_as_dict(settings: Settings) -> dict[str, Any]:
-    """Settings as a JSON-able dict with every URL's password masked."""
-    data = attrs.asdict(settings)
-    for section in data.values():
-        if isinstance(section, dict):
-            for key, value in section.items():
-                if "url" in key and isinstance(value, str):
-                    section[key] = mask_url(value)
-    return data
+__all__ = ["main"]
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
@@ -114,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load_settings(args)
         if args.command == "settings":
-            _dump(settings_as_dict(settings))
+            _dump(settings.as_dict())
         elif args.command == "profiles":
             from .optimize.profiles import PROFILES
 

@@ -305,6 +305,16 @@ class Settings:
                     layers[section] = _build_section(section, dict(values), getattr(self, section))
         return attrs.evolve(self, **layers)
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able nested dict of every setting, with URL passwords masked (for output)."""
+        data = attrs.asdict(self)
+        for section in data.values():
+            if isinstance(section, dict):
+                for key, value in section.items():
+                    if "url" in key and isinstance(value, str):
+                        section[key] = mask_url(value)
+        return data
+
     # -- loaders --------------------------------------------------------------------------
 
     @classmethod

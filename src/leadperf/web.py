@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ._util import require
 from .errors import ConfigError
 
@@ -28,7 +30,6 @@ def create_router(optimizer: PerformanceOptimizer | None = None) -> APIRouter:
     fastapi = require("fastapi", "web")
     from fastapi.responses import PlainTextResponse
 
-    from .cli import settings_as_dict
     from .optimize.optimizer import get_performance_optimizer
     from .optimize.profiles import PROFILES
 
@@ -44,7 +45,7 @@ def create_router(optimizer: PerformanceOptimizer | None = None) -> APIRouter:
 
     @router.get("/settings")
     async def settings() -> dict[str, Any]:
-        return settings_as_dict(perf().settings)
+        return perf().settings.as_dict()
 
     @router.get("/analysis")
     async def analysis() -> dict[str, Any]:
@@ -63,9 +64,7 @@ def create_router(optimizer: PerformanceOptimizer | None = None) -> APIRouter:
 
     @router.get("/cache/stats")
     async def cache_stats() -> dict[str, Any]:
-        from .optimize.optimizer import _jsonable
-
-        result: dict[str, Any] = _jsonable(perf().cache.stats())
+        result: dict[str, Any] = attrs.asdict(perf().cache.stats())
         return result
 
     @router.post("/optimize/{profile}")
