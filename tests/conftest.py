@@ -29,7 +29,7 @@ def service_missing(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
-    # aiohttp, the scraper's default engine, runs on asyncio only.
+    # The scraper's native engine (the default) and aiohttp run on asyncio only.
     return "asyncio"
 
 

@@ -44,7 +44,7 @@ from leadperf.scraper import (
 from scrape_server import PAGE_SIZE, ScrapeServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
-ENGINES = ["aiohttp", "httpx"]
+ENGINES = ["native", "aiohttp", "httpx"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def closed_port() -> int:
 async def test_batch_returns_every_url_once_in_input_order(
     server: ScrapeServer, key: str, engine: str
 ) -> None:
-    n = 300 if engine == "aiohttp" else 60  # httpcore's pool is slow; fewer suffice
+    n = 60 if engine == "httpx" else 300  # httpcore's pool is slow; fewer suffice
     urls = [server.url(i % 3, f"/page/{key}-{i}") for i in range(n)]
     async with scraper(max_concurrent=4, engine=engine) as s:
         results = await s.scrape_batch(urls)
@@ -406,7 +406,7 @@ def test_settings_supply_the_defaults() -> None:
     assert (s.max_concurrent, s.timeout, s.max_connections, s.engine_name) == (7, 4.0, 9, "httpx")
     default = AsyncScraper(settings=Settings())
     assert (default.max_concurrent, default.timeout, default.max_connections) == (5, 30.0, 100)
-    assert default.engine_name == "aiohttp"
+    assert default.engine_name == "native"
     assert AsyncScraper(3, settings=settings).max_concurrent == 3
 
 
@@ -695,7 +695,7 @@ async def test_stats_are_a_frozen_snapshot(server: ScrapeServer, key: str) -> No
         )
         stats = s.stats()
     assert isinstance(stats, ScraperStats)
-    assert stats.engine == "aiohttp"
+    assert stats.engine == "native"
     assert stats.requests == 21
     assert stats.rate_limited == 0
     assert stats.results == 21
@@ -876,7 +876,7 @@ async def test_closing_during_scrape_iter_raises_instead_of_losing_urls(
     assert 3 <= seen < 100
 
 
-def test_httpx_engine_runs_on_trio_and_aiohttp_says_it_cannot(
+def test_httpx_engine_runs_on_trio_and_asyncio_engines_say_they_cannot(
     server: ScrapeServer, key: str
 ) -> None:
     pytest.importorskip("trio")
@@ -894,12 +894,14 @@ def test_httpx_engine_runs_on_trio_and_aiohttp_says_it_cannot(
     assert results[-1].attempts == 2
     assert streamed == 3
 
-    async def aiohttp_on_trio() -> None:
-        async with scraper(engine="aiohttp"):
-            pass
+    for engine in ("native", "aiohttp"):
 
-    with pytest.raises(ConfigError, match="asyncio only"):
-        anyio.run(aiohttp_on_trio, backend="trio")
+        async def asyncio_engine_on_trio(engine: str = engine) -> None:
+            async with scraper(engine=engine):
+                pass
+
+        with pytest.raises(ConfigError, match="asyncio only"):
+            anyio.run(asyncio_engine_on_trio, backend="trio")
 
 
 def test_sync_context_manager_through_one_portal_task(server: ScrapeServer, key: str) -> None:

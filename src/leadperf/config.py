@@ -123,7 +123,7 @@ class ScraperSettings:
     max_concurrent: int = attrs.field(default=5, validator=_positive_int)
     timeout: float = attrs.field(default=30.0, validator=_positive_num)
     max_connections: int = attrs.field(default=100, validator=_positive_int)
-    engine: str = attrs.field(default="aiohttp", validator=_one_of("aiohttp", "httpx"))
+    engine: str = attrs.field(default="native", validator=_one_of("native", "aiohttp", "httpx"))
 
 
 @attrs.frozen

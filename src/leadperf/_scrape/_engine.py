@@ -38,7 +38,7 @@ __all__ = [
     "make_engine",
 ]
 
-ENGINES = ("aiohttp", "httpx")
+ENGINES = ("native", "aiohttp", "httpx")
 _UTF = ("utf8", "utf16", "utf32")
 
 
@@ -76,6 +76,13 @@ class RawHeaders(httpx.Headers):
         self._flat: tuple[bytes, ...] | None = tuple(chain.from_iterable(raw))
         self._parsed: list[tuple[bytes, bytes, bytes]] | None = None
         self._encoding = None
+
+    @classmethod
+    def from_flat(cls, flat: tuple[bytes, ...]) -> RawHeaders:
+        """Headers over ``(name0, value0, name1, value1, ...)`` as an engine parsed them."""
+        self = cls.__new__(cls)
+        self._flat, self._parsed, self._encoding = flat, None, None
+        return self
 
     @property  # httpx.Headers keeps a plain attribute here; same type, built on first use
     def _list(self) -> list[tuple[bytes, bytes, bytes]]:
@@ -339,7 +346,11 @@ class HttpxEngine:
 def make_engine(
     name: str, *, max_connections: int, timeout: float, headers: Mapping[str, str] | None
 ) -> Engine:
-    """Build the engine called ``name`` (``"aiohttp"`` or ``"httpx"``)."""
+    """Build the engine called ``name`` (``"native"``, ``"aiohttp"`` or ``"httpx"``)."""
+    if name == "native":
+        from ._native import NativeEngine
+
+        return NativeEngine(max_connections=max_connections, timeout=timeout, headers=headers)
     if name == "aiohttp":
         return AiohttpEngine(max_connections=max_connections, timeout=timeout, headers=headers)
     if name == "httpx":

@@ -1,0 +1,448 @@
+"""The native HTTP/1.1 engine against a real raw-socket server on 127.0.0.1.
+
+The server here writes exact bytes (chunked framing, compressed bodies, HTTP/1.0, interim
+responses, early closes), so each test checks the engine's handling of one wire-level
+case, and what the server saw (connections, request lines, headers, bodies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import brotli
+import pytest
+
+from leadperf import AsyncScraper, ConfigError
+from leadperf._scrape._native import NativeEngine
+from leadperf.errors import InvalidURLError, ScrapeConnectionError, ScrapeTimeoutError
+
+BODY = b"<html>" + b"lead " * 2000 + b"</html>"
+
+
+class RawServer:
+    """One asyncio server; ``routes`` map a path to a coroutine writing the raw answer."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.port = 0
+        self.served_on: dict[int, int] = {}  # connection number -> requests it carried
+        self._server: asyncio.Server | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                request = {
+                    "method": method,
+                    "target": target,
+                    "headers": headers,
+                    "body": body,
+                    "connection": number,
+                }
+                self.requests.append(request)
+                self.served_on[number] = self.served_on.get(number, 0) + 1
+                keep = await self._answer(request, writer)
+                await writer.drain()
+                if not keep:
+                    return
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def _answer(self, request: dict[str, Any], w: asyncio.StreamWriter) -> bool:
+        path, _, query = request["target"].partition("?")
+        if path == "/page":
+            w.write(_response(200, BODY))
+        elif path == "/echo":
+            echo = {k: request[k] for k in ("method", "target", "headers")}
+            echo["body"] = request["body"].decode()
+            w.write(_response(200, json.dumps(echo).encode(), ctype="application/json"))
+        elif path == "/chunked":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for piece in (b"lead", b" ", b"x" * 5000):
+                w.write(f"{len(piece):x};ext=1\r\n".encode() + piece + b"\r\n")
+                await w.drain()
+            w.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+        elif path == "/bigchunked":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(256):
+                piece = bytes([65 + i % 26]) * 4096
+                w.write(f"{len(piece):X}\r\n".encode() + piece + b"\r\n")
+                if i % 16 == 0:
+                    await w.drain()
+            w.write(b"0\r\n\r\n")
+        elif path == "/big":
+            data = bytes(range(256)) * 8192  # 2 MiB
+            w.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+            for i in range(0, len(data), 65536):
+                w.write(data[i : i + 65536])
+                await w.drain()
+        elif path in ("/gzip", "/deflate", "/rawdeflate", "/br"):
+            raw = {
+                "/gzip": gzip.compress(BODY),
+                "/deflate": zlib.compress(BODY),
+                "/rawdeflate": zlib.compress(BODY, wbits=-15),
+                "/br": brotli.compress(BODY),
+            }[path]
+            coding = {"/rawdeflate": "deflate"}.get(path, path[1:])
+            w.write(_response(200, raw, extra=f"Content-Encoding: {coding}\r\n"))
+        elif path == "/close":
+            w.write(_response(200, b"closing", extra="Connection: close\r\n"))
+            return False
+        elif path == "/http10":
+            w.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + BODY)
+            return False
+        elif path == "/continue":
+            w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await w.drain()
+            w.write(_response(200, b"after interim"))
+        elif path == "/nocontent":
+            w.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif path == "/headlen":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n")
+        elif path.startswith("/redirect/"):
+            code, to = path.split("/")[2], query.replace("to=", "", 1)
+            w.write(_response(int(code), b"", extra=f"Location: {to}\r\n"))
+        elif path == "/loop":
+            w.write(_response(302, b"", extra="Location: /loop\r\n"))
+        elif path == "/garbage":
+            w.write(b"NOT HTTP AT ALL\r\n\r\n")
+            return False
+        elif path == "/wait":
+            await asyncio.sleep(float(query.partition("=")[2] or 0.05))
+            w.write(_response(200, b"waited"))
+        elif path == "/hang":
+            await asyncio.sleep(30)
+            return False
+        elif path == "/answer-then-forget":
+            # Answer, then close this connection as a server whose idle timeout ran out.
+            w.write(_response(200, b"first"))
+            await w.drain()
+            return False
+        elif path == "/drop":
+            return False  # close without a byte: a stale keep-alive connection
+        else:
+            w.write(_response(404, b"missing"))
+        return True
+
+
+def _response(status: int, body: bytes, *, ctype: str = "text/html", extra: str = "") -> bytes:
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+    return (head + extra + "\r\n").encode() + body
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawServer]:
+    server = RawServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[NativeEngine]:
+    eng = NativeEngine(max_connections=10, timeout=5.0, headers=None)
+    yield eng
+    await eng.aclose()
+
+
+@pytest.mark.anyio
+async def test_keep_alive_reuses_one_connection(raw: RawServer, engine: NativeEngine) -> None:
+    for _ in range(20):
+        response = await engine.request("GET", raw.url("/page"))
+        assert response.status_code == 200
+        assert response.content == BODY
+    assert raw.connections == 1
+    assert raw.served_on == {1: 20}
+    assert response.headers["content-type"] == "text/html"
+    assert response.text.startswith("<html>lead")
+
+
+@pytest.mark.anyio
+async def test_request_line_and_default_headers(raw: RawServer, engine: NativeEngine) -> None:
+    response = await engine.request("GET", raw.url("/echo?a=1"), params={"b": ["2", "3"]})
+    seen = response.json()
+    assert seen["method"] == "GET"
+    assert seen["target"] == "/echo?a=1&b=2&b=3"
+    assert seen["headers"]["host"] == f"127.0.0.1:{raw.port}"
+    assert seen["headers"]["accept-encoding"] == "gzip, deflate, br"
+    assert seen["headers"]["user-agent"].startswith("leadperf/")
+    assert "content-length" not in seen["headers"]
+
+
+@pytest.mark.anyio
+async def test_bodies_and_header_override(raw: RawServer) -> None:
+    eng = NativeEngine(max_connections=2, timeout=5.0, headers={"User-Agent": "lead-bot/1"})
+    try:
+        form = (await eng.request("POST", raw.url("/echo"), data={"q": "a b"})).json()
+        assert form["body"] == "q=a+b"
+        assert form["headers"]["content-type"] == "application/x-www-form-urlencoded"
+        assert form["headers"]["user-agent"] == "lead-bot/1"
+        sent = (await eng.request("PUT", raw.url("/echo"), json={"id": 7})).json()
+        assert sent["method"] == "PUT"
+        assert json.loads(sent["body"]) == {"id": 7}
+        assert sent["headers"]["content-type"] == "application/json"
+        text = (
+            await eng.request("POST", raw.url("/echo"), content="héllo", headers={"X-A": "1"})
+        ).json()
+        assert text["body"] == "héllo"
+        assert text["headers"]["x-a"] == "1"
+        assert text["headers"]["content-length"] == str(len("héllo".encode()))
+        assert text["headers"]["user-agent"] == "lead-bot/1"
+        empty = (await eng.request("POST", raw.url("/echo"))).json()
+        assert empty["headers"]["content-length"] == "0"
+    finally:
+        await eng.aclose()
+
+
+@pytest.mark.anyio
+async def test_userinfo_becomes_basic_auth(raw: RawServer, engine: NativeEngine) -> None:
+    url = raw.url("/echo").replace("http://", "http://ada:s%40cret@")
+    seen = (await engine.request("GET", url)).json()
+    assert seen["headers"]["authorization"] == "Basic YWRhOnNAY3JldA=="  # ada:s@cret
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/gzip", "/deflate", "/rawdeflate", "/br"])
+async def test_compressed_bodies_are_decoded(
+    raw: RawServer, engine: NativeEngine, path: str
+) -> None:
+    response = await engine.request("GET", raw.url(path))
+    assert response.content == BODY
+
+
+@pytest.mark.anyio
+async def test_chunked_bodies(raw: RawServer, engine: NativeEngine) -> None:
+    small = await engine.request("GET", raw.url("/chunked"))
+    assert small.content == b"lead " + b"x" * 5000
+    big = await engine.request("GET", raw.url("/bigchunked"))
+    assert len(big.content) == 256 * 4096
+    assert big.content[:4096] == b"A" * 4096
+    assert big.content[-4096:] == bytes([65 + 255 % 26]) * 4096
+    # Framing was consumed exactly: the same connection serves the next request.
+    assert (await engine.request("GET", raw.url("/page"))).content == BODY
+    assert raw.connections == 1
+
+
+@pytest.mark.anyio
+async def test_large_body_over_many_reads(raw: RawServer, engine: NativeEngine) -> None:
+    response = await engine.request("GET", raw.url("/big"))
+    assert response.content == bytes(range(256)) * 8192
+
+
+@pytest.mark.anyio
+async def test_connection_close_and_http10(raw: RawServer, engine: NativeEngine) -> None:
+    assert (await engine.request("GET", raw.url("/close"))).content == b"closing"
+    old = await engine.request("GET", raw.url("/http10"))  # body runs until the close
+    assert old.content == BODY
+    assert old.headers["content-type"] == "text/plain"
+    assert (await engine.request("GET", raw.url("/page"))).status_code == 200
+    assert raw.connections == 3  # neither closed connection was reused
+
+
+@pytest.mark.anyio
+async def test_interim_no_content_and_head(raw: RawServer, engine: NativeEngine) -> None:
+    assert (await engine.request("GET", raw.url("/continue"))).content == b"after interim"
+    nothing = await engine.request("GET", raw.url("/nocontent"))
+    assert nothing.status_code == 204
+    assert nothing.content == b""
+    head = await engine.request("HEAD", raw.url("/headlen"))
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == "12345"
+    assert (await engine.request("GET", raw.url("/page"))).content == BODY
+    assert raw.connections == 1
+
+
+@pytest.mark.anyio
+async def test_redirects(raw: RawServer, engine: NativeEngine) -> None:
+    see_other = await engine.request("POST", raw.url("/redirect/303?to=/echo"), content=b"x")
+    assert see_other.url == raw.url("/echo")
+    assert see_other.json()["method"] == "GET"
+    assert see_other.json()["body"] == ""
+    keep = await engine.request("POST", raw.url("/redirect/307?to=/echo"), content=b"abc")
+    assert keep.json()["method"] == "POST"
+    assert keep.json()["body"] == "abc"
+    stay = await engine.request("GET", raw.url("/redirect/302?to=/echo"), follow_redirects=False)
+    assert stay.status_code == 302
+    assert stay.headers["location"] == "/echo"
+    with pytest.raises(ScrapeConnectionError, match="more than 20 redirects"):
+        await engine.request("GET", raw.url("/loop"))
+    assert sum(r["target"] == "/loop" for r in raw.requests) == 21
+
+
+@pytest.mark.anyio
+async def test_cross_origin_redirect_drops_credentials(
+    raw: RawServer, engine: NativeEngine
+) -> None:
+    other = RawServer()
+    await other.start()
+    try:
+        to = other.url("/echo")
+        response = await engine.request(
+            "GET", raw.url(f"/redirect/302?to={to}"), headers={"Authorization": "Bearer t"}
+        )
+        assert response.url == to
+        assert "authorization" not in response.json()["headers"]
+        assert raw.requests[-1]["headers"]["authorization"] == "Bearer t"
+    finally:
+        await other.stop()
+
+
+@pytest.mark.anyio
+async def test_stale_keep_alive_connection_is_retried_once(
+    raw: RawServer, engine: NativeEngine
+) -> None:
+    # The server answers, then closes the connection without saying so; the engine's next
+    # request may already be on its way on that connection and must be resent on a new one.
+    for _ in range(5):
+        assert (await engine.request("GET", raw.url("/answer-then-forget"))).content == b"first"
+    assert raw.connections == 5
+    # A reused connection that dies before any answer is retried once; a fresh one is not.
+    await engine.request("GET", raw.url("/page"))
+    with pytest.raises(ScrapeConnectionError, match="closed the connection"):
+        await engine.request("GET", raw.url("/drop"))
+    drops = [r for r in raw.requests if r["target"] == "/drop"]
+    assert len(drops) == 2
+    assert drops[0]["connection"] != drops[1]["connection"]
+
+
+@pytest.mark.anyio
+async def test_post_is_not_resent_on_a_dead_connection(
+    raw: RawServer, engine: NativeEngine
+) -> None:
+    await engine.request("GET", raw.url("/page"))
+    with pytest.raises(ScrapeConnectionError):
+        await engine.request("POST", raw.url("/drop"), content=b"order")
+    assert sum(r["target"] == "/drop" for r in raw.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_max_connections_is_a_hard_cap(raw: RawServer) -> None:
+    eng = NativeEngine(max_connections=3, timeout=5.0, headers=None)
+    try:
+        results = await asyncio.gather(
+            *(eng.request("GET", raw.url("/wait?s=0.05")) for _ in range(12))
+        )
+    finally:
+        await eng.aclose()
+    assert all(r.content == b"waited" for r in results)
+    assert raw.max_open == 3
+    assert raw.connections == 3
+
+
+@pytest.mark.anyio
+async def test_cap_is_shared_across_origins(raw: RawServer) -> None:
+    other = RawServer()
+    await other.start()
+    eng = NativeEngine(max_connections=2, timeout=5.0, headers=None)
+    try:
+        await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(4)))
+        # Both connections idle on the first origin; the second origin evicts them.
+        await asyncio.gather(*(eng.request("GET", other.url("/wait?s=0.02")) for _ in range(4)))
+    finally:
+        await eng.aclose()
+    assert raw.max_open <= 2
+    assert other.max_open <= 2
+    assert other.connections == 2
+    await asyncio.sleep(0.05)
+    assert raw.open == 0
+    assert other.open == 0
+    await other.stop()
+
+
+@pytest.mark.anyio
+async def test_timeouts_and_failures_are_typed(raw: RawServer) -> None:
+    eng = NativeEngine(max_connections=2, timeout=0.3, headers=None)
+    try:
+        with pytest.raises(ScrapeTimeoutError, match=r"within 0\.3 s"):
+            await eng.request("GET", raw.url("/hang"))
+        with pytest.raises(ScrapeTimeoutError, match=r"within 0\.1 s"):
+            await eng.request("GET", raw.url("/hang"), timeout=0.1)
+        with pytest.raises(ScrapeConnectionError, match="not an HTTP"):
+            await eng.request("GET", raw.url("/garbage"))
+        with pytest.raises(InvalidURLError):
+            await eng.request("GET", "ftp://127.0.0.1/file")
+        with pytest.raises(InvalidURLError):
+            await eng.request("GET", "http://127.0.0.1:99999/")
+        with pytest.raises(ConfigError, match="CR, LF"):
+            await eng.request("GET", raw.url("/echo"), headers={"X-Evil": "a\r\nInjected: 1"})
+        # After all that, the engine still works and the hung connections were dropped.
+        assert (await eng.request("GET", raw.url("/page"))).content == BODY
+    finally:
+        await eng.aclose()
+    assert not any("injected" in r["headers"] for r in raw.requests)
+
+
+@pytest.mark.anyio
+async def test_refused_connection() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        eng = NativeEngine(max_connections=2, timeout=2.0, headers=None)
+        try:
+            with pytest.raises(ScrapeConnectionError, match="connection failed"):
+                await eng.request("GET", f"http://127.0.0.1:{port}/")
+        finally:
+            await eng.aclose()
+
+
+@pytest.mark.anyio
+async def test_aclose_closes_every_connection(raw: RawServer) -> None:
+    eng = NativeEngine(max_connections=5, timeout=5.0, headers=None)
+    await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(5)))
+    assert raw.open == 5
+    await eng.aclose()
+    await asyncio.sleep(0.05)
+    assert raw.open == 0
+
+
+@pytest.mark.anyio
+async def test_scraper_on_native_engine_end_to_end(raw: RawServer) -> None:
+    urls = [raw.url(f"/page?i={i}") for i in range(50)] + [raw.url("/gzip"), "nope"]
+    async with AsyncScraper(max_concurrent=4, engine="native") as scraper:
+        results = await scraper.scrape_batch(urls)
+        assert scraper.stats().engine == "native"
+    assert [r.url for r in results] == urls
+    assert all(r.ok and r.content == BODY for r in results[:-1])
+    assert not results[-1].ok
+    assert isinstance(results[-1].error, InvalidURLError)
+    assert raw.max_open <= 4
+    assert len(raw.requests) == 51
