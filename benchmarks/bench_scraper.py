@@ -1,5 +1,7 @@
 """Scraper benchmark: AsyncScraper.scrape_batch on each engine vs plain httpx and aiohttp loops.
 
+Engines: ``native`` (leadperf's own HTTP/1.1 engine, the default), ``aiohttp`` and ``httpx``.
+
 Two runs against the same local keep-alive server (tests/scrape_server.py, started in its
 own process so only the client's CPU is measured, with time.process_time):
 
@@ -8,7 +10,7 @@ own process so only the client's CPU is measured, with time.process_time):
 
 Prints a markdown table of requests/s and client CPU microseconds per request.
 
-    python3 benchmarks/bench_scraper.py [--requests 10000] [--latency-requests 6000]
+    python3 benchmarks/bench_scraper.py [--requests 10000] [--latency-requests 10000]
 
 Rows: scrape_batch keeps every result (body and headers) in memory, as its contract says;
 the plain aiohttp loop drops each body once counted. Two more rows make the comparison
@@ -59,6 +61,7 @@ def start_server(delay: float) -> tuple[subprocess.Popen[bytes], str]:
 
 
 Runner = Callable[[list[str], int], Coroutine[Any, Any, int]]
+DEFAULT = "scrape_batch (engine=native, default)"
 
 
 async def plain_httpx(urls: list[str], concurrency: int) -> int:
@@ -144,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="AsyncScraper vs plain httpx / aiohttp")
     parser.add_argument("--requests", type=int, default=10_000, help="GETs per fast run")
     parser.add_argument(
-        "--latency-requests", type=int, default=6_000, help="GETs per latency-bound run"
+        "--latency-requests", type=int, default=10_000, help="GETs per latency-bound run"
     )
     parser.add_argument(
         "--httpx-requests",
@@ -158,10 +161,11 @@ def main() -> None:
     args = parser.parse_args()
 
     runners: list[tuple[str, Runner, bool]] = [
-        ("scrape_batch (engine=aiohttp, default)", scraper_runner("aiohttp"), False),
+        (DEFAULT, scraper_runner("native"), False),
         ("plain aiohttp.ClientSession + semaphore", plain_aiohttp, False),
-        ("scrape_iter (engine=aiohttp; results not kept)", scraper_iter_runner("aiohttp"), False),
+        ("scrape_iter (engine=native; results not kept)", scraper_iter_runner("native"), False),
         ("plain aiohttp, keeping bodies like scrape_batch", plain_aiohttp_kept, False),
+        ("scrape_batch (engine=aiohttp)", scraper_runner("aiohttp"), False),
         ("scrape_batch (engine=httpx)", scraper_runner("httpx"), True),
         ("plain httpx.AsyncClient + semaphore", plain_httpx, True),
     ]
@@ -202,19 +206,51 @@ def main() -> None:
     for (name, label), (count, rps, cpu_us) in best.items():
         print(f"| {name} | {label} | {count:,} | {rps:,.0f} | {cpu_us:,.0f} |")
     print()
+    targets: list[tuple[str, str, str, bool]] = []
     for name, _, concurrency, _ in scenarios:
         speed = {label: best[(name, label)][1] for label, _, _ in runners}
-        ours, aio, it, kept, _, plain = (speed[label] for label, _, _ in runners)
+        ours, aio, it, kept, on_aio, _, plain = (speed[label] for label, _, _ in runners)
         line = (
             f"- {name}: scrape_batch = {ours / aio:.2f}x plain aiohttp "
             f"({ours / kept:.2f}x the loop keeping bodies), {ours / plain:.1f}x plain httpx; "
-            f"scrape_iter = {it / aio:.2f}x plain aiohttp"
+            f"scrape_iter = {it / aio:.2f}x plain aiohttp; "
+            f"scrape_batch on the aiohttp engine = {on_aio / aio:.2f}x plain aiohttp"
+        )
+        short = name.split(":")[0]
+        targets.append(
+            (
+                f"{short}: scrape_batch / plain aiohttp",
+                f"{ours / aio:.2f}x",
+                ">= 0.8x",
+                ours / aio >= 0.8,
+            )
+        )
+        targets.append(
+            (
+                f"{short}: scrape_batch / plain httpx",
+                f"{ours / plain:.1f}x",
+                ">= 10x",
+                ours / plain >= 10,
+            )
         )
         if "latency" in name:
             ceiling = concurrency / 0.05
             line += f"; of the {ceiling:,.0f}/s ceiling: scrape_batch {ours / ceiling:.2f}x, "
             line += f"scrape_iter {it / ceiling:.2f}x, plain aiohttp {aio / ceiling:.2f}x"
+            targets.append(
+                (
+                    f"{short}: scrape_batch / ceiling {ceiling:,.0f}/s",
+                    f"{ours / ceiling:.2f}x",
+                    ">= 0.9x",
+                    ours / ceiling >= 0.9,
+                )
+            )
         print(line)
+    print()
+    print("| target | measured | wanted | met |")
+    print("|---|---:|---:|:---:|")
+    for what, measured, wanted, met in targets:
+        print(f"| {what} | {measured} | {wanted} | {'yes' if met else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import brotli
@@ -121,6 +124,8 @@ class RawServer:
             }[path]
             coding = {"/rawdeflate": "deflate"}.get(path, path[1:])
             w.write(_response(200, raw, extra=f"Content-Encoding: {coding}\r\n"))
+        elif path == "/badgzip":
+            w.write(_response(200, b"not gzip at all", extra="Content-Encoding: gzip\r\n"))
         elif path == "/close":
             w.write(_response(200, b"closing", extra="Connection: close\r\n"))
             return False
@@ -396,6 +401,8 @@ async def test_timeouts_and_failures_are_typed(raw: RawServer) -> None:
             await eng.request("GET", raw.url("/hang"), timeout=0.1)
         with pytest.raises(ScrapeConnectionError, match="not an HTTP"):
             await eng.request("GET", raw.url("/garbage"))
+        with pytest.raises(ScrapeConnectionError, match="Content-Encoding"):
+            await eng.request("GET", raw.url("/badgzip"))
         with pytest.raises(InvalidURLError):
             await eng.request("GET", "ftp://127.0.0.1/file")
         with pytest.raises(InvalidURLError):
@@ -446,3 +453,75 @@ async def test_scraper_on_native_engine_end_to_end(raw: RawServer) -> None:
     assert isinstance(results[-1].error, InvalidURLError)
     assert raw.max_open <= 4
     assert len(raw.requests) == 51
+
+
+@pytest.mark.anyio
+async def test_fast_url_path_matches_the_full_parse(engine: NativeEngine) -> None:
+    from leadperf._scrape._native import _parse_url
+
+    urls = [
+        "http://127.0.0.1:8080/page/x?a=1#frag",
+        "https://leads.example.com",
+        "http://leads.example.com?x=1",
+        "http://leads.example.com:80/a/b",
+        "https://leads.example.com:8443/a%20b?q=%C3%A9",
+        "http://Leads.Example.com/Case",
+        "http://leads.example.com/with space",
+        "http://user:pw@leads.example.com/private",
+        "http://[::1]:8080/v6",
+        "http://bücher.example/straße",
+    ]
+    for _ in range(2):  # the second round answers from the origin cache
+        for url in urls:
+            fast, full = engine._target(url, None), _parse_url(url, None)
+            assert (fast.origin, fast.target, fast.host_header, fast.auth) == (
+                full.origin,
+                full.target,
+                full.host_header,
+                full.auth,
+            ), url
+    assert _parse_url(urls[0], None).target == "/page/x?a=1"
+    assert _parse_url(urls[1], None).target == "/"
+    assert _parse_url(urls[2], None).target == "/?x=1"
+    assert _parse_url(urls[3], None).host_header == "leads.example.com"
+    assert _parse_url(urls[6], None).target == "/with%20space"
+    assert _parse_url(urls[8], None).host_header == "[::1]:8080"
+    assert _parse_url(urls[9], None).origin == ("http", "xn--bcher-kva.example", 80)
+
+
+@pytest.mark.anyio
+async def test_https_verifies_the_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost".split()
+    subprocess.run(
+        [*command, "-addext", san, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = RawServer()
+    server._server = await asyncio.start_server(server._client, "127.0.0.1", 0, ssl=context)
+    server.port = server._server.sockets[0].getsockname()[1]
+    url = f"https://127.0.0.1:{server.port}/page"
+    try:
+        untrusting = NativeEngine(max_connections=2, timeout=5.0, headers=None)
+        try:
+            with pytest.raises(ScrapeConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.request("GET", url)
+        finally:
+            await untrusting.aclose()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default context trusts it now
+        trusting = NativeEngine(max_connections=2, timeout=5.0, headers=None)
+        try:
+            for _ in range(3):
+                assert (await trusting.request("GET", url)).content == BODY
+        finally:
+            await trusting.aclose()
+        assert server.served_on[server.connections] == 3  # one TLS connection, kept alive
+        assert server.requests[-1]["headers"]["host"] == f"127.0.0.1:{server.port}"
+    finally:
+        await server.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json as _json
+import re
 import ssl
 import time
 import zlib
@@ -41,11 +42,17 @@ try:  # brotli is a core dependency; the guard keeps a broken install usable
     import brotli as _brotli
 
     _ACCEPT_ENCODING = "gzip, deflate, br"
+    _DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _brotli.error)
 except ImportError:  # pragma: no cover
     _brotli = None
     _ACCEPT_ENCODING = "gzip, deflate"
+    _DECODE_ERRORS = (zlib.error,)
 
 _USER_AGENT = f"leadperf/{__version__}"
+
+#: ``scheme://netloc`` with a plain netloc (no userinfo, no IPv6 literal, lower case), then
+#: the request target up to any fragment.
+_PLAIN_URL = re.compile(r"(https?://[a-z0-9][a-z0-9.\-]*(?::[0-9]{1,5})?)([/?][^#\s]*)?(?:#|\Z)")
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -559,19 +566,28 @@ class NativeEngine:
             defaults.update(headers)
         self._defaults, self._default_block = _header_block(defaults)
         self._pool = _Pool(max_connections)
-        self._targets: dict[str, _Target] = {}
+        self._origins: dict[str, tuple[Origin, str]] = {}  # "scheme://netloc" -> origin
 
     def _target(self, url: str, params: Mapping[str, Any] | None) -> _Target:
-        if params:
+        # The bulk case, a plain http(s)://host[:port]/ascii-path URL, skips urlsplit and
+        # reuses the origin parsed for its scheme and netloc; anything else: full parse.
+        match = None if params else _PLAIN_URL.match(url)
+        if match is None or not url.isascii():
             return _parse_url(url, params)
-        targets = self._targets
-        target = targets.get(url)
-        if target is None:
+        prefix = url[: match.end(1)]
+        known = self._origins.get(prefix)
+        if known is None:
             target = _parse_url(url, None)
-            if len(targets) >= 256:  # a run's URLs are mostly distinct: keep only a few
-                targets.clear()
-            targets[url] = target
-        return target
+            if len(self._origins) >= 1024:
+                self._origins.clear()
+            self._origins[prefix] = (target.origin, target.host_header)
+            return target
+        rest = match.group(2)
+        if not rest:
+            rest = "/"
+        elif rest[0] == "?":
+            rest = "/" + rest
+        return _Target(url, known[0], rest, known[1], None)
 
     async def request(
         self,
@@ -645,16 +661,16 @@ class NativeEngine:
                 f"{mask_url(url)} did not answer within {budget} s; raise the timeout or slow down",
                 url=url,
             ) from exc
-        except (OSError, _ProtocolError, zlib.error) as exc:
+        except (OSError, _ProtocolError) as exc:
             raise ScrapeConnectionError(
                 f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
             ) from exc
-        except Exception as exc:
-            if type(exc).__name__ == "error" and _brotli is not None:  # brotli.error
-                raise ScrapeConnectionError(
-                    f"{mask_url(url)}: could not decode the br body ({exc})", url=url
-                ) from exc
-            raise
+        except _DECODE_ERRORS as exc:
+            raise ScrapeConnectionError(
+                f"{mask_url(url)}: the body does not decode as its Content-Encoding says "
+                f"({type(exc).__name__}: {exc})",
+                url=url,
+            ) from exc
         return Response(
             exchange.status,
             content_bytes,
