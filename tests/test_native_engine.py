@@ -495,7 +495,18 @@ async def test_https_verifies_the_certificate(
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     san = "subjectAltName=DNS:localhost,IP:127.0.0.1"
-    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost".split()
+    command = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+    ]
     subprocess.run(
         [*command, "-addext", san, "-keyout", str(key), "-out", str(cert)],
         check=True,
