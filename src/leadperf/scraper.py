@@ -12,9 +12,11 @@ platform. A 429 or 503, a ``Retry-After`` header or a run of timeouts slows that
 down (and only that one); steady success speeds it back up. Failures are results with the
 error recorded, never exceptions that lose the rest of a batch.
 
-The default engine is aiohttp (asyncio only); ``engine="httpx"`` selects
-``httpx.AsyncClient``. Either way ``scrape_func(client, url)`` gets an httpx-style
-:class:`ScrapeClient` and results carry :class:`httpx.Headers`.
+The default engine is leadperf's own HTTP/1.1 client (``"native"``, asyncio only);
+``engine="aiohttp"`` selects ``aiohttp.ClientSession`` and ``engine="httpx"``
+``httpx.AsyncClient`` (which also runs on trio). Whatever the engine,
+``scrape_func(client, url)`` gets an httpx-style :class:`ScrapeClient` and results carry
+:class:`httpx.Headers`.
 """
 
 from __future__ import annotations
@@ -578,10 +580,11 @@ class AsyncScraper:
     Arguments left as None come from ``settings`` (``Settings.from_env()`` by default):
     ``max_concurrent`` (per platform, ``ASYNC_MAX_CONCURRENT``, 5), ``timeout`` (seconds
     per request, ``ASYNC_TIMEOUT``, 30), ``max_connections`` (overall,
-    ``ASYNC_MAX_CONNECTIONS``, 100) and ``engine`` (``"aiohttp"``, asyncio only, or
-    ``"httpx"``). ``retry`` is a :class:`RetryPolicy`; ``cache`` any object with leadperf's
-    async ``get``/``set`` (GET responses cached for ``cache_ttl`` seconds, default
-    ``settings.cache.default_ttl``); ``platform_of(url)`` maps a URL to its platform name;
+    ``ASYNC_MAX_CONNECTIONS``, 100) and ``engine`` (``"native"``, the default, or
+    ``"aiohttp"``, both asyncio only, or ``"httpx"``). ``retry`` is a
+    :class:`RetryPolicy`; ``cache`` any object with leadperf's async ``get``/``set`` (GET
+    responses cached for ``cache_ttl`` seconds, default ``settings.cache.default_ttl``);
+    ``platform_of(url)`` maps a URL to its platform name;
     ``headers`` are sent with every request; ``limits`` maps platform names to
     :class:`PlatformLimits` (or an int: that platform's ``max_concurrent``). Bad
     arguments raise :class:`ConfigError`.
