@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import ssl
 import subprocess
 import zlib
@@ -536,3 +537,32 @@ async def test_https_verifies_the_certificate(
         assert server.requests[-1]["headers"]["host"] == f"127.0.0.1:{server.port}"
     finally:
         await server.stop()
+
+
+@pytest.mark.anyio
+async def test_host_names_are_looked_up_once_and_the_working_address_kept(
+    raw: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counting)
+    eng = NativeEngine(max_connections=8, timeout=5.0, headers=None)
+    try:
+        # The server listens on 127.0.0.1 only; "localhost" may answer ::1 first.
+        url = f"http://localhost:{raw.port}/wait?s=0.02"
+        results = await asyncio.gather(*(eng.request("GET", url) for _ in range(8)))
+        assert all(r.content == b"waited" for r in results)
+        assert raw.connections == 8
+        assert lookups == ["localhost"]  # 8 connections opened at once, one lookup
+        cached = eng._pool.dns._cache[("localhost", raw.port)][1]
+        assert cached[0] == (socket.AF_INET, "127.0.0.1")  # the address that worked
+        seen = (await eng.request("GET", f"http://localhost:{raw.port}/echo")).json()
+        assert seen["headers"]["host"] == f"localhost:{raw.port}"
+    finally:
+        await eng.aclose()

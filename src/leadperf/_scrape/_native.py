@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json as _json
 import re
+import socket
 import ssl
 import time
 import zlib
@@ -33,6 +35,7 @@ __all__ = ["NativeEngine"]
 _MAX_HEAD = 64 * 1024  # a response head larger than this is refused, as by most clients
 _MAX_REDIRECTS = 20
 _KEEPALIVE_EXPIRY = 15.0  # seconds an idle connection is trusted (what aiohttp uses too)
+_DNS_TTL = 10.0  # seconds a host name lookup is reused (aiohttp's default too)
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
@@ -330,6 +333,73 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+Address = tuple[int, str]  # socket family, numeric host
+
+
+class _Resolver:
+    """Host name lookups cached for a few seconds, one lookup in flight per name.
+
+    Opening 200 connections to one site must not cost 200 lookups through the executor;
+    the address that connected last is tried first next time (``localhost`` answers
+    ``::1`` first, and many local servers listen on 127.0.0.1 only).
+    """
+
+    def __init__(self, ttl: float = _DNS_TTL) -> None:
+        self.ttl = ttl
+        self._cache: dict[tuple[str, int], tuple[float, list[Address]]] = {}
+        self._pending: dict[tuple[str, int], asyncio.Future[list[Address]]] = {}
+
+    async def resolve(self, host: str, port: int, loop: asyncio.AbstractEventLoop) -> list[Address]:
+        if _is_ip(host):
+            return [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+        key = (host, port)
+        entry = self._cache.get(key)
+        now = loop.time()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[list[Address]] = loop.create_future()
+        self._pending[key] = future
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses: list[Address] = []
+            for family, _, _, _, sockaddr in infos:
+                address = (int(family), str(sockaddr[0]))
+                if address not in addresses:
+                    addresses.append(address)
+            if not addresses:
+                raise OSError(f"no address found for {host}")
+            if len(self._cache) >= 1024:
+                self._cache.clear()
+            self._cache[key] = (loop.time() + self.ttl, addresses)
+            future.set_result(addresses)
+            return addresses
+        except BaseException as exc:
+            # Whoever waits on this lookup gets an error to retry on, never our cancellation.
+            shared = exc if isinstance(exc, Exception) else OSError(f"lookup of {host} stopped")
+            future.set_exception(shared)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self._pending[key]
+
+    def worked(self, host: str, port: int, address: Address) -> None:
+        entry = self._cache.get((host, port))
+        if entry is not None and entry[1][0] != address and address in entry[1]:
+            rest = [a for a in entry[1] if a != address]
+            self._cache[(host, port)] = (entry[0], [address, *rest])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class _Pool:
     """Keep-alive connections per origin under one cap on all open connections."""
 
@@ -339,6 +409,7 @@ class _Pool:
         self.idle: dict[Origin, list[_Connection]] = {}
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.closed = False
+        self.dns = _Resolver()
         self._ssl: ssl.SSLContext | None = None
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -382,17 +453,34 @@ class _Pool:
         conn = _Connection(self, origin)
         scheme, host, port = origin
         try:
-            if scheme == "https":
-                await loop.create_connection(
-                    lambda: conn, host, port, ssl=self.ssl_context(), server_hostname=host
-                )
-            else:
-                await loop.create_connection(lambda: conn, host, port)
+            addresses = await self.dns.resolve(host, port, loop)
+            error: OSError | None = None
+            for family, address in addresses:
+                try:
+                    if scheme == "https":
+                        await loop.create_connection(
+                            lambda: conn,
+                            address,
+                            port,
+                            family=family,
+                            ssl=self.ssl_context(),
+                            server_hostname=host,
+                        )
+                    else:
+                        await loop.create_connection(lambda: conn, address, port, family=family)
+                except OSError as exc:
+                    if isinstance(exc, ssl.SSLError):
+                        raise  # the peer answered: another address would not help
+                    error = exc
+                    continue
+                self.dns.worked(host, port, (family, address))
+                return conn
+            assert error is not None
+            raise error
         except BaseException:
             conn.closed = True
             self._forget(conn)
             raise
-        return conn
 
     def release(self, conn: _Connection, now: float) -> None:
         """Give a connection back after a complete response."""
