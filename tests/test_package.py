@@ -52,7 +52,7 @@ def test_import_is_light() -> None:
     code = (
         "import sys, leadperf, leadperf.cache, leadperf.scraper, leadperf.pool, "
         "leadperf.optimize, leadperf.monitor, leadperf.config\n"
-        "heavy = ('selenium', 'redis', 'psycopg', 'psycopg_pool', 'PIL', 'fastapi')\n"
+        "heavy = ('selenium', 'redis', 'psycopg', 'psycopg_pool', 'PIL', 'fastapi', 'aiohttp')\n"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

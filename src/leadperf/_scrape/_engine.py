@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from .._util import mask_url
+from .._util import mask_url, require
 from ..errors import (
     ConfigError,
     HTTPStatusError,
@@ -203,8 +203,7 @@ class AiohttpEngine:
     ) -> None:
         import asyncio
 
-        import aiohttp
-
+        aio = require("aiohttp", "aiohttp")
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -213,13 +212,13 @@ class AiohttpEngine:
                 "use engine='httpx'",
                 key="engine",
             ) from None
-        self._aiohttp = aiohttp
+        self._aiohttp = aio
         self._timeout = timeout
         # Per-platform limits live above the engine, so the connector caps only the total.
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0)
-        self._session: aiohttp.ClientSession = aiohttp.ClientSession(
+        connector = aio.TCPConnector(limit=max_connections, limit_per_host=0)
+        self._session: aiohttp.ClientSession = aio.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aio.ClientTimeout(total=timeout),
             headers=dict(headers) if headers else None,
             raise_for_status=False,
         )
