@@ -77,6 +77,7 @@ class RawServer:
                     "headers": headers,
                     "body": body,
                     "connection": number,
+                    "host_lines": sum(x.lower().startswith("host:") for x in lines[1:]),
                 }
                 self.requests.append(request)
                 self.served_on[number] = self.served_on.get(number, 0) + 1
@@ -237,6 +238,20 @@ async def test_bodies_and_header_override(raw: RawServer) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_host_header_replaces_the_urls(raw: RawServer, engine: NativeEngine) -> None:
+    response = await engine.request("GET", raw.url("/echo"), headers={"host": "leads.example"})
+    assert response.json()["headers"]["host"] == "leads.example"
+    assert raw.requests[-1]["host_lines"] == 1
+    raw_eng = NativeEngine(max_connections=1, timeout=5.0, headers={"HOST": "other.example"})
+    try:
+        seen = (await raw_eng.request("GET", raw.url("/echo"))).json()
+    finally:
+        await raw_eng.aclose()
+    assert seen["headers"]["host"] == "other.example"
+    assert raw.requests[-1]["host_lines"] == 1
+
+
+@pytest.mark.anyio
 async def test_userinfo_becomes_basic_auth(raw: RawServer, engine: NativeEngine) -> None:
     url = raw.url("/echo").replace("http://", "http://ada:s%40cret@")
     seen = (await engine.request("GET", url)).json()
@@ -326,6 +341,14 @@ async def test_cross_origin_redirect_drops_credentials(
         assert response.url == to
         assert "authorization" not in response.json()["headers"]
         assert raw.requests[-1]["headers"]["authorization"] == "Bearer t"
+        # Engine-wide credentials stay on their origin too.
+        eng = NativeEngine(max_connections=2, timeout=5.0, headers={"Authorization": "Bearer e"})
+        try:
+            moved = await eng.request("GET", raw.url(f"/redirect/302?to={to}"))
+        finally:
+            await eng.aclose()
+        assert moved.url == to
+        assert "authorization" not in moved.json()["headers"]
     finally:
         await other.stop()
 

@@ -615,6 +615,8 @@ def _header_block(headers: Mapping[str, str]) -> tuple[dict[str, tuple[str, str]
     merged = {name.lower(): (name, str(value)) for name, value in headers.items()}
     for name, value in merged.values():
         _check_header(name, value)
+    if "host" in merged:  # spelled as the request writer looks for it: sent instead of ours
+        merged["host"] = ("Host", merged["host"][1])
     return merged, "".join(f"{name}: {value}\r\n" for name, value in merged.values())
 
 
@@ -732,10 +734,9 @@ class NativeEngine:
                     status in (301, 302) and method == "POST"
                 ):
                     method, body, extra = "GET", b"", ""
-                    if headers:
-                        block = _without(block, ("content-type", "content-length"))
-                if new_target.origin != target.origin and headers:
-                    block = _without(block, ("authorization", "cookie"))
+                    block = _without(block, ("content-type", "content-length"))
+                if new_target.origin != target.origin:
+                    block = _without(block, ("authorization", "cookie", "host"))
                 target = new_target
             else:
                 raise ScrapeConnectionError(
@@ -776,10 +777,9 @@ class NativeEngine:
         if target.auth is not None and "authorization:" not in block.lower():
             auth = f"Authorization: {target.auth}\r\n"
         length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT") else ""
-        head = (
-            f"{method} {target.target} HTTP/1.1\r\nHost: {target.host_header}\r\n"
-            f"{block}{auth}{length}\r\n"
-        )
+        host = "" if block.startswith("Host: ") or "\nHost: " in block else target.host_header
+        host_line = f"Host: {host}\r\n" if host else ""
+        head = f"{method} {target.target} HTTP/1.1\r\n{host_line}{block}{auth}{length}\r\n"
         try:
             data = head.encode("latin-1") + body
         except UnicodeEncodeError as exc:
