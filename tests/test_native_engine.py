@@ -589,3 +589,47 @@ async def test_host_names_are_looked_up_once_and_the_working_address_kept(
         assert seen["headers"]["host"] == f"localhost:{raw.port}"
     finally:
         await eng.aclose()
+
+
+@pytest.mark.anyio
+async def test_interoperates_with_the_standard_library_server() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    peers: set[tuple[str, int]] = set()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as most real servers
+
+        def do_GET(self) -> None:
+            peers.add(self.client_address)
+            if self.path == "/missing":
+                self.send_error(404, "no such lead")
+                return
+            body = f"lead {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    eng = NativeEngine(max_connections=4, timeout=5.0, headers=None)
+    try:
+        for i in range(10):
+            response = await eng.request("GET", f"{base}/lead/{i}")
+            assert response.content == f"lead /lead/{i}".encode()
+        assert len(peers) == 1  # ten requests, one kept-alive connection
+        missing = await eng.request("GET", f"{base}/missing")
+        assert missing.status_code == 404
+        assert b"no such lead" in missing.content
+        assert (await eng.request("GET", f"{base}/after")).content == b"lead /after"
+    finally:
+        await eng.aclose()
+        httpd.shutdown()
+        httpd.server_close()
