@@ -167,6 +167,26 @@ class Response:
         return f"<Response [{self.status_code}] {mask_url(self.url)} {len(self.content)} bytes>"
 
 
+def timeout_error(url: str, seconds: float) -> ScrapeTimeoutError:
+    """The error every engine raises when a request runs out of time."""
+    return ScrapeTimeoutError(
+        f"{mask_url(url)} did not answer within {seconds} s; raise the timeout or slow down",
+        url=url,
+    )
+
+
+def connection_error(url: str, exc: BaseException) -> ScrapeConnectionError:
+    """The error every engine raises when the connection fails under a request."""
+    return ScrapeConnectionError(
+        f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
+    )
+
+
+def invalid_url_error(url: str) -> InvalidURLError:
+    """The error every engine raises for a URL it cannot send."""
+    return InvalidURLError(f"{mask_url(url)} is not a valid http(s) URL", url=url)
+
+
 class Engine(Protocol):
     """What the scraper needs from an HTTP engine: one pooled ``request`` and ``aclose``."""
 
@@ -258,18 +278,11 @@ class AiohttpEngine:
                 raw = resp.raw_headers
                 final = str(resp.url) if resp.history else url
         except TimeoutError as exc:
-            raise ScrapeTimeoutError(
-                f"{mask_url(url)} did not answer within "
-                f"{timeout if timeout is not None else self._timeout} s; "
-                "raise the timeout or slow down",
-                url=url,
-            ) from exc
+            raise timeout_error(url, self._timeout if timeout is None else timeout) from exc
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-            raise InvalidURLError(f"{mask_url(url)} is not a valid http(s) URL", url=url) from exc
+            raise invalid_url_error(url) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise ScrapeConnectionError(
-                f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
-            ) from exc
+            raise connection_error(url, exc) from exc
         return Response(status, body, RawHeaders(raw), final, time.perf_counter() - start)
 
     async def aclose(self) -> None:
@@ -321,18 +334,11 @@ class HttpxEngine:
                 follow_redirects=follow_redirects,
             )
         except httpx.TimeoutException as exc:
-            raise ScrapeTimeoutError(
-                f"{mask_url(url)} did not answer within "
-                f"{timeout if timeout is not None else self._timeout} s; "
-                "raise the timeout or slow down",
-                url=url,
-            ) from exc
+            raise timeout_error(url, self._timeout if timeout is None else timeout) from exc
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise InvalidURLError(f"{mask_url(url)} is not a valid http(s) URL", url=url) from exc
+            raise invalid_url_error(url) from exc
         except (httpx.TransportError, OSError) as exc:
-            raise ScrapeConnectionError(
-                f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
-            ) from exc
+            raise connection_error(url, exc) from exc
         final = str(resp.url) if resp.history else url
         return Response(
             resp.status_code, resp.content, resp.headers, final, time.perf_counter() - start

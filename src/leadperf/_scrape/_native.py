@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 from .. import __version__
 from .._util import mask_url
-from ..errors import ConfigError, InvalidURLError, ScrapeConnectionError, ScrapeTimeoutError
-from ._engine import RawHeaders, Response
+from ..errors import ConfigError, InvalidURLError, ScrapeConnectionError
+from ._engine import RawHeaders, Response, connection_error, invalid_url_error, timeout_error
 
 __all__ = ["NativeEngine"]
 
@@ -575,7 +575,7 @@ def _parse_url(url: str, params: Mapping[str, Any] | None) -> _Target:
         raise InvalidURLError(f"{mask_url(str(url))} is not a valid URL ({exc})", url=url) from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
-        raise InvalidURLError(f"{mask_url(url)} is not a valid http(s) URL", url=url)
+        raise invalid_url_error(url)
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
@@ -746,14 +746,9 @@ class NativeEngine:
             if exchange.encoding is not None and content_bytes:
                 content_bytes = _decompress(content_bytes, exchange.encoding)
         except TimeoutError as exc:
-            raise ScrapeTimeoutError(
-                f"{mask_url(url)} did not answer within {budget} s; raise the timeout or slow down",
-                url=url,
-            ) from exc
+            raise timeout_error(url, budget) from exc
         except (OSError, _ProtocolError) as exc:
-            raise ScrapeConnectionError(
-                f"{mask_url(url)}: connection failed ({type(exc).__name__}: {exc})", url=url
-            ) from exc
+            raise connection_error(url, exc) from exc
         except _DECODE_ERRORS as exc:
             raise ScrapeConnectionError(
                 f"{mask_url(url)}: the body does not decode as its Content-Encoding says "
