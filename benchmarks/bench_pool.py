@@ -1,19 +1,21 @@
 """ChromePool vs a new Selenium Chrome per task, against a page served on 127.0.0.1.
 
-    python3 benchmarks/bench_pool.py            # about 3 minutes on 2 cores
+    python3 benchmarks/bench_pool.py            # about 1.5 minutes on 2 cores
 
-Reports, in one run (median of 10 unless said): cold start to first page loaded; warm
-``session()`` acquire alone; acquire plus the same page; a navigation in an already open
-tab (the floor); the pool's tab reset on release; pages per minute for 60 page tasks with
-2 workers (pool of 2 with ``isolation="context"``, the default, and ``isolation="tab"``,
-vs a new driver per task); the CPU time (user + system, all cores)
-Chrome and chromedriver spend per page task on each side, per tab reset and per navigation,
-which bounds pages per minute on a small host; and one instance's memory (summed RSS, PSS,
-USS of its process tree, psutil ``memory_full_info``).
+Reports, in one run (median of 10 unless said), for a pool in the default isolation mode:
+cold start to first page loaded; warm ``session()`` acquire alone; acquire plus the same
+page; a navigation in an already open tab (the floor); the pool's tab reset on release.
+Then, for each isolation mode (the default first), pages per minute for 60 page tasks with
+2 workers, a pool of 2 against a new driver per task; the CPU time (user + system, all
+cores) Chrome and chromedriver spend per page task on each side, which bounds pages per
+minute on a small host; CPU per task, per tab reset and per navigation in a warm pool of
+one; and one instance's memory (summed RSS, PSS, USS of its process tree, psutil
+``memory_full_info``).
 
-Both sides of the throughput comparison do the same page work (load the page, read its
-title) and start Chrome with the same flags; the pooled figure includes starting its two
-instances, the driver-per-task one includes every start and quit.
+Both sides of each throughput comparison do the same page work (load the page, read its
+title) and start Chrome with the same flags (the pool's flags for that mode, from
+``build_options``); the pooled figure includes starting its two instances, the
+driver-per-task one includes every start and quit.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import psutil
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from leadperf._chrome_instance import build_options
+from leadperf._chrome_instance import DEFAULT_ISOLATION, ISOLATION_MODES, build_options
 from leadperf.pool import ChromePool
 
 RUNS = 10
 TASKS = 60
 WORKERS = 2
+DEFAULT = DEFAULT_ISOLATION
+MODES = (DEFAULT, *(m for m in ISOLATION_MODES if m != DEFAULT))
 PAGE = (
     "<html><head><title>lead</title></head><body><h1>Acme Corp</h1>"
     + "".join(f"<p class='lead'>Contact {i}: person{i}@example.com</p>" for i in range(200))
@@ -99,6 +103,34 @@ def reaped_cpu() -> float:
     return t.children_user + t.children_system
 
 
+def throughput_rows(
+    runs: dict[str, tuple[tuple[float, float, int, float], tuple[float, float]]], cores: int
+) -> list[tuple[str, str, str]]:
+    rows = []
+    for mode, ((ppm, release, created, cpu), (base_ppm, base_cpu)) in runs.items():
+        ratio = ppm / base_ppm
+        rows += [
+            (
+                f'pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}, isolation="{mode}"',
+                f"{ppm:.0f}",
+                f"{ratio:.1f}x driver-per-task (>= 4x: {'met' if ratio >= 4 else 'MISSED'}); "
+                f"release median {ms(release)}; {created} instances started",
+            ),
+            (
+                f'pages/minute, {TASKS} tasks, {WORKERS} workers: new driver per task, "{mode}" flags',
+                f"{base_ppm:.0f}",
+                "",
+            ),
+            (
+                f'CPU per page task in those runs: pool, isolation="{mode}" / new driver per task',
+                f"{ms(cpu)} / {ms(base_cpu)}",
+                f"{cores} cores allow at most {cores * 60 / cpu:.0f} / {cores * 60 / base_cpu:.0f} "
+                "pages/minute (driver per task: exited processes only, a lower bound)",
+            ),
+        ]
+    return rows
+
+
 def main() -> None:
     chrome = shutil.which("chromium") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
@@ -112,9 +144,10 @@ def main() -> None:
     def page_url() -> str:
         return f"{url_base}/lead/{next(counter)}"
 
-    def new_driver() -> Any:
-        # The pool's own flags (headless, required flags, disabled features): a fair baseline.
-        options = build_options(None, headless=True, binary=chrome, extra=())
+    def new_driver(isolation: str = "context") -> Any:
+        # The pool's own flags for that mode (headless, required flags, disabled features,
+        # the mode's extra flags): a fair baseline.
+        options = build_options(None, headless=True, binary=chrome, extra=(), isolation=isolation)
         return webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
 
     def load(driver: Any) -> None:
@@ -124,7 +157,7 @@ def main() -> None:
     # 1. Cold start + page (plain Selenium, what driver-per-task pays).
     def cold() -> float:
         started = time.perf_counter()
-        driver = new_driver()
+        driver = new_driver(DEFAULT)
         load(driver)
         took = time.perf_counter() - started
         driver.quit()
@@ -133,7 +166,9 @@ def main() -> None:
     cold_page = median_of(cold)
 
     # 2-5. A warm pool of one.
-    with ChromePool(pool_size=1, chrome_binary=chrome, driver_path=driver_path) as pool:
+    with ChromePool(
+        pool_size=1, chrome_binary=chrome, driver_path=driver_path, isolation=DEFAULT
+    ) as pool:
         with pool.session("warm-up") as driver:
             load(driver)
 
@@ -213,19 +248,24 @@ def main() -> None:
             cpu = tree_cpu(pool2) / TASKS
             return ppm, statistics.median(released), pool2.stats().created, cpu
 
-    pooled_ppm, pooled_release, pooled_created, pooled_cpu = pooled_run("context")
-    tab_ppm, tab_release, tab_created, tab_cpu = pooled_run("tab")
+    def per_task_run(isolation: str) -> tuple[float, float]:
+        """Pages/minute and CPU s per task (exited processes) with a new driver per task."""
 
-    def per_task(n: int) -> None:
-        driver = new_driver()
-        try:
-            load(driver)
-        finally:
-            driver.quit()
+        def per_task(n: int) -> None:
+            driver = new_driver(isolation)
+            try:
+                load(driver)
+            finally:
+                driver.quit()
 
-    cpu_before = reaped_cpu()
-    per_task_ppm = run_tasks(per_task)
-    per_task_cpu = (reaped_cpu() - cpu_before) / TASKS
+        cpu_before = reaped_cpu()
+        ppm = run_tasks(per_task)
+        return ppm, (reaped_cpu() - cpu_before) / TASKS
+
+    # Each pooled mode against a driver per task started with that mode's flags.
+    runs = {}
+    for mode in MODES:
+        runs[mode] = (pooled_run(mode), per_task_run(mode))
     cores = os.cpu_count() or 1
     httpd.shutdown()
 
@@ -243,46 +283,12 @@ def main() -> None:
             f"{'met' if cold_page / warm_page >= 6 else 'MISSED'})",
         ),
         ("navigate an already open tab (floor), median of 10", ms(nav), ""),
-        ("pool: release (new context + tab, old one disposed), median of 10", ms(reset), ""),
-        (
-            f'pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}, "context"',
-            f"{pooled_ppm:.0f}",
-            f"{pooled_ppm / per_task_ppm:.1f}x driver-per-task (>= 4x: "
-            f"{'met' if pooled_ppm / per_task_ppm >= 4 else 'MISSED'}); "
-            f"release median {ms(pooled_release)}; {pooled_created} instances started",
-        ),
-        (
-            f'pages/minute, {TASKS} tasks, {WORKERS} workers: pool of {WORKERS}, isolation="tab"',
-            f"{tab_ppm:.0f}",
-            f"{tab_ppm / per_task_ppm:.1f}x driver-per-task (>= 4x: "
-            f"{'met' if tab_ppm / per_task_ppm >= 4 else 'MISSED'}); "
-            f"release median {ms(tab_release)}; {tab_created} instances started",
-        ),
-        (
-            f"pages/minute, {TASKS} tasks, {WORKERS} workers: new driver per task",
-            f"{per_task_ppm:.0f}",
-            "",
-        ),
-        (
-            f'CPU per page task in that run (Chrome + chromedriver): pool of {WORKERS}, "context"',
-            ms(pooled_cpu),
-            f"{cores} cores allow at most {cores * 60 / pooled_cpu:.0f} pages/minute",
-        ),
-        (
-            'CPU per page task in that run (Chrome + chromedriver): pool, isolation="tab"',
-            ms(tab_cpu),
-            f"{cores} cores allow at most {cores * 60 / tab_cpu:.0f} pages/minute",
-        ),
-        (
-            "CPU per page task in that run (Chrome + chromedriver): new driver per task",
-            ms(per_task_cpu),
-            f"{cores} cores allow at most {cores * 60 / per_task_cpu:.0f} pages/minute "
-            "(exited processes only: a lower bound)",
-        ),
+        (f'pool: release (isolation="{DEFAULT}"), median of 10', ms(reset), ""),
+        *throughput_rows(runs, cores),
         (
             "CPU, warm pool of 1: acquire + page + release / tab reset alone / navigation",
             f"{ms(cpu_task)} / {ms(cpu_reset)} / {ms(cpu_nav)}",
-            "means of 10; the reset is a new context + tab, the old context disposed",
+            f'means of 10, isolation="{DEFAULT}"',
         ),
         (
             "one instance, process tree: PSS",

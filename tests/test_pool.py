@@ -19,7 +19,7 @@ import anyio.to_thread
 import psutil
 import pytest
 
-from leadperf._chrome_instance import DISABLED_FEATURES, REQUIRED_FLAGS
+from leadperf._chrome_instance import DISABLED_FEATURES, REQUIRED_FLAGS, SHARED_RENDERER_FLAGS
 from leadperf._chrome_ports import release_port, reserve_port
 from leadperf.errors import (
     BrowserCrashedError,
@@ -41,11 +41,19 @@ class PageServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []
+        self.auth: list[tuple[str, str | None]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append((self.path, self.headers.get("Cookie")))
+                server.auth.append((self.path, self.headers.get("Authorization")))
+                if self.path.startswith("/auth") and not self.headers.get("Authorization"):
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="leads"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = f"<html><head><title>{self.path}</title></head><body>{self.path}"
                 headers = [("Content-Type", "text/html")]
                 if self.path.startswith("/cached"):
@@ -98,10 +106,17 @@ def paths(chrome_paths: tuple[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pool(paths: dict[str, str]) -> Iterator[ChromePool]:
-    """A shared pool of two; tests use stat deltas, never absolute counters."""
+    """A shared pool of two (default isolation); tests use stat deltas, never absolute counters."""
     with ChromePool(pool_size=2, idle_timeout=300, **paths) as shared:
         yield shared
     assert shared.closed
+
+
+@pytest.fixture(scope="module")
+def context_pool(paths: dict[str, str]) -> Iterator[ChromePool]:
+    """A pool of one with a fresh browser context per task."""
+    with ChromePool(pool_size=1, idle_timeout=300, isolation="context", **paths) as shared:
+        yield shared
 
 
 # -- utilities -------------------------------------------------------------------------------
@@ -146,6 +161,18 @@ def pool_processes(stats: PoolStats, only_browser: int | None = None) -> list[ps
         if any(profile in arg for arg in cmdline for profile in profiles) and proc not in procs:
             procs.append(proc)
     return procs
+
+
+def renderer_pids(browser: psutil.Process) -> set[int]:
+    """Pids of the browser's live renderer processes (exited ones are skipped)."""
+    pids = set()
+    for proc in browser.children(recursive=True):
+        try:
+            if "--type=renderer" in proc.cmdline():
+                pids.add(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
@@ -201,29 +228,69 @@ def test_chrome_runs_with_the_required_flags(pool: ChromePool, server: PageServe
     assert os.path.isdir(profile[0].split("=", 1)[1])
 
 
-def test_tasks_do_not_share_cookies_or_storage(pool: ChromePool, server: PageServer) -> None:
+@pytest.mark.parametrize("which", ["pool", "context_pool"])
+def test_tasks_do_not_share_cookies_or_storage(
+    which: str, request: pytest.FixtureRequest, server: PageServer
+) -> None:
+    pool: ChromePool = request.getfixturevalue(which)
     with pool.session("iso-1") as driver:
         first_pid = browser_pid(pool, driver)
-        driver.get(server.url("/set/a"))
-        driver.get(server.url("/seen/a"))
+        driver.get(server.url(f"/set/a/{which}"))
+        driver.get(server.url(f"/seen/a/{which}"))
         assert driver.get_cookie("tracker")["value"] == "task-one"
         assert driver.execute_script("return localStorage.getItem('who')") == "task-one"
         # A window the task opens itself lands in Chrome's default context; it is
         # cleaned too.
         driver.switch_to.new_window("tab")
-        driver.get(server.url("/set/b"))
+        driver.get(server.url(f"/set/b/{which}"))
         assert driver.execute_script("return localStorage.getItem('who')") == "task-one"
         assert len(driver.window_handles) == 2
-    assert server.cookies_for("/seen/a") == ["tracker=task-one"], "the cookie really was set"
+    assert server.cookies_for(f"/seen/a/{which}") == ["tracker=task-one"], (
+        "the cookie really was set"
+    )
 
     with pool.session("iso-2") as driver:
         assert browser_pid(pool, driver) == first_pid, "same browser, new task"
         assert len(driver.window_handles) == 1, "the last task's tabs were closed"
-        driver.get(server.url("/seen/b"))
+        driver.get(server.url(f"/seen/b/{which}"))
         assert driver.get_cookies() == []
         assert driver.execute_script("return localStorage.getItem('who')") is None
         assert driver.execute_script("return sessionStorage.getItem('who')") is None
-    assert server.cookies_for("/seen/b") == [None], "the server saw no cookie from task one"
+        # A window of its own, in the default context where task one's window was.
+        driver.switch_to.new_window("tab")
+        driver.get(server.url(f"/seen/c/{which}"))
+        assert driver.execute_script("return localStorage.getItem('who')") is None
+    assert server.cookies_for(f"/seen/b/{which}") == [None], (
+        "the server saw no cookie from task one"
+    )
+    assert server.cookies_for(f"/seen/c/{which}") == [None], "nor in the default context"
+
+
+def test_modes_share_what_docs_say(
+    pool: ChromePool, context_pool: ChromePool, server: PageServer
+) -> None:
+    """Tab mode (the default) shares one renderer process and the HTTP auth cache between
+    tasks, as docs/pool.md says; context mode shares neither."""
+    assert pool.isolation == "tab"
+    for shared, which in ((True, pool), (False, context_pool)):
+        renderers, handles = [], []
+        for n in range(2):
+            with which.session(f"share-{shared}-{n}") as driver:
+                path = f"/auth/{shared}/{n}"
+                base = server.url("/")
+                if n == 0:  # credentials in the URL: Chrome caches them for the realm
+                    base = base.replace("http://", "http://lead:secret@")
+                driver.get(base + path.lstrip("/"))
+                handles.append(driver.current_window_handle)
+                browser = psutil.Process(browser_pid(which, driver))
+                renderers.append(renderer_pids(browser))
+                cmdline = browser.cmdline()
+        assert handles[0] != handles[1], "a new tab per task"
+        assert all(flag in cmdline for flag in SHARED_RENDERER_FLAGS) == shared
+        started = renderers[1] - renderers[0]
+        assert bool(started) != shared, "tab mode: no new renderer for the second task"
+        sent = [auth for p, auth in server.auth if p == f"/auth/{shared}/1"]
+        assert bool(sent[0]) == shared, "auth cache shared in tab mode only"
 
 
 # -- isolation="tab": one context per instance, cleared between tasks -------------------------

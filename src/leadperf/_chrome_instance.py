@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
 __all__ = [
+    "DEFAULT_ISOLATION",
     "ISOLATION_MODES",
     "REQUIRED_FLAGS",
+    "SHARED_RENDERER_FLAGS",
     "ChromeInstance",
     "InstanceBroken",
     "build_options",
@@ -46,6 +48,10 @@ __all__ = [
 #: How tasks are kept apart: a fresh browser context each, or a fresh tab in one shared,
 #: cleared context.
 ISOLATION_MODES: tuple[str, ...] = ("context", "tab")
+#: The mode a pool uses unless told otherwise: a new tab per task in the instance's one
+#: off-the-record context, cleared on release. It costs about 40 % less CPU per task than
+#: "context" (docs/perf/pool.md); docs/pool.md says what it shares.
+DEFAULT_ISOLATION = "tab"
 
 #: Flags every pooled Chrome starts with (``--headless=new`` in front when headless).
 REQUIRED_FLAGS: tuple[str, ...] = (
@@ -61,6 +67,14 @@ _OWNED_FLAGS = ("--user-data-dir", "--remote-debugging-port")
 #: renderer for the omnibox popup, which a headless tab never shows; measured here, it
 #: doubled the time to hand a fresh context to the next task.
 DISABLED_FEATURES: tuple[str, ...] = ("WebUIOmniboxPopup", "WebUIOmniboxAimPopup")
+#: Added for ``isolation="tab"``: one renderer process serves every tab of the instance
+#: (site isolation off, at most one renderer), so a task's new tab and its first page do
+#: not each start a renderer process. Measured here, that is most of what a tab costs.
+#: Context mode cannot share renderers between contexts, so it keeps Chrome's defaults.
+SHARED_RENDERER_FLAGS: tuple[str, ...] = (
+    "--renderer-process-limit=1",
+    "--disable-site-isolation-trials",
+)
 _DISABLE_FEATURES = "--disable-features="
 
 
@@ -68,17 +82,26 @@ class InstanceBroken(Exception):
     """The instance died or stopped answering; it must be killed and replaced."""
 
 
-def chrome_flags(headless: bool) -> list[str]:
+def chrome_flags(headless: bool, isolation: str = DEFAULT_ISOLATION) -> list[str]:
     """Chrome command-line flags for a pooled instance (``--no-sandbox`` only as root)."""
     flags = ["--headless=new"] if headless else []
     flags.extend(REQUIRED_FLAGS)
+    if isolation == "tab":
+        flags.extend(SHARED_RENDERER_FLAGS)
     # Chrome refuses to start as root with its sandbox on; elsewhere keep the sandbox.
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         flags.append("--no-sandbox")
     return flags
 
 
-def build_options(base: Any, *, headless: bool, binary: str | None, extra: Sequence[str]) -> Any:
+def build_options(
+    base: Any,
+    *,
+    headless: bool,
+    binary: str | None,
+    extra: Sequence[str],
+    isolation: str = DEFAULT_ISOLATION,
+) -> Any:
     """A fresh ``ChromeOptions``: the user's base options plus the pool's flags."""
     webdriver = require("selenium.webdriver", "chrome", "selenium")
     if base is None:
@@ -89,7 +112,7 @@ def build_options(base: Any, *, headless: bool, binary: str | None, extra: Seque
             opts.add_argument(str(arg))
     else:
         opts = copy.deepcopy(base)
-    for flag in [*chrome_flags(headless), *extra]:
+    for flag in [*chrome_flags(headless, isolation), *extra]:
         if flag not in opts.arguments:
             opts.add_argument(flag)
     # Chrome honours only one --disable-features: merge the user's list with the pool's.
@@ -176,7 +199,7 @@ class ChromeInstance:
         debug_port: int | None,
         devtools_url: str | None,
         op_timeout: float,
-        isolation: str = "context",
+        isolation: str = DEFAULT_ISOLATION,
     ) -> None:
         self.number = number
         self.isolation = isolation
@@ -241,7 +264,7 @@ class ChromeInstance:
         base_options: Any,
         start_timeout: float,
         op_timeout: float,
-        isolation: str = "context",
+        isolation: str = DEFAULT_ISOLATION,
     ) -> ChromeInstance:
         """Start chromedriver and Chrome on freshly reserved ports; BrowserStartError if not."""
         webdriver = require("selenium.webdriver", "chrome", "selenium")
@@ -254,6 +277,7 @@ class ChromeInstance:
             headless=headless,
             binary=chrome_binary,
             extra=[f"--user-data-dir={user_data_dir}", f"--remote-debugging-port={debug_port}"],
+            isolation=isolation,
         )
         env = dict(os.environ)
         # Crashpad's handler double-forks away from Chrome; pointing its database into the
@@ -311,12 +335,14 @@ class ChromeInstance:
         headless: bool,
         base_options: Any,
         op_timeout: float,
-        isolation: str = "context",
+        isolation: str = DEFAULT_ISOLATION,
     ) -> ChromeInstance:
         """Open a session on a Selenium Grid (or any remote WebDriver end) at ``remote_url``."""
         webdriver = require("selenium.webdriver", "chrome", "selenium")
         conn_mod = require("selenium.webdriver.chromium.remote_connection", "chrome", "selenium")
-        options = build_options(base_options, headless=headless, binary=chrome_binary, extra=())
+        options = build_options(
+            base_options, headless=headless, binary=chrome_binary, extra=(), isolation=isolation
+        )
         # The Chromium connection adds the vendor CDP command, which the Grid forwards.
         executor = conn_mod.ChromiumRemoteConnection(
             remote_server_addr=remote_url, vendor_prefix="goog", browser_name="chrome"
@@ -447,54 +473,75 @@ class ChromeInstance:
             commands.append(("Target.disposeBrowserContext", {"browserContextId": old_context}))
         replies = devtools.call_many(commands)
         handle = replies[0]["targetId"]
-        # Windows opened with driver.switch_to.new_window() live in Chrome's default
-        # context, which is never disposed: clear it from a page session of its own
-        # (cookies; storage of the origin each such window shows), then close them.
         strays = [
             info
-            for info in replies[1]["targetInfos"]
-            if info.get("type") == "page"
-            and info.get("browserContextId") not in (context_id, old_context)
+            for info in _pages(replies[1])
+            if info.get("browserContextId") not in (context_id, old_context)
         ]
-        web_strays = [info for info in strays if _origin(info.get("url", ""))]
-        if self.tasks and web_strays:
-            devtools.call("Storage.clearCookies")  # the default context's cookies
-            for info in web_strays:
-                # Storage can only be cleared from a page session; a window that closed
-                # itself meanwhile is simply gone.
-                with contextlib.suppress(Exception):
-                    self.driver.switch_to.window(info["targetId"])
-                    self.driver.execute_cdp_cmd(
-                        "Storage.clearDataForOrigin",
-                        {"origin": _origin(info["url"]), "storageTypes": "all"},
-                    )
+        self._clear_strays(devtools, strays)
         self._switch_to_new(handle)
         self._context, self.handle = context_id, handle
-        for info in strays:
-            with contextlib.suppress(InstanceBroken):  # it may have closed itself
-                devtools.call("Target.closeTarget", targetId=info["targetId"])
+        self._close_targets(devtools, [info["targetId"] for info in strays])
 
     def _rotate_shared_tab(self, devtools: _DevTools) -> None:
-        # One context for the instance's life: a new tab in it, every other tab closed (the
-        # last task's and any it opened), then the context's cookies, storage and HTTP
-        # cache cleared. Cheaper than a context per task; see docs/pool.md for what stays.
+        # One off-the-record browser context for the instance's life (in memory, no history):
+        # a new tab in it per task, every other tab closed (the last task's and any it
+        # opened), then the context's cookies, storage and HTTP cache cleared. With the
+        # shared-renderer flags the new tab reuses the instance's renderer process. Cheaper
+        # than a context per task; see docs/pool.md for what stays shared.
+        if self._context is None:
+            created = devtools.call("Target.createBrowserContext", disposeOnDetach=True)
+            self._context = created["browserContextId"]
+        context_id = self._context
         created, targets = devtools.call_many(
-            [("Target.createTarget", {"url": "about:blank"}), ("Target.getTargets", {})]
+            [
+                ("Target.createTarget", {"url": "about:blank", "browserContextId": context_id}),
+                ("Target.getTargets", {}),
+            ]
         )
         handle = created["targetId"]
-        others = [
-            info["targetId"]
-            for info in targets["targetInfos"]
-            if info.get("type") == "page" and info["targetId"] != handle
-        ]
-        if others:
-            # Closed before clearing, so no page of the last task writes anything afterwards.
-            with contextlib.suppress(InstanceBroken):  # a tab may have closed itself
-                devtools.call_many([("Target.closeTarget", {"targetId": t}) for t in others])
-        self._switch_to_new(handle)
+        pages = [info for info in _pages(targets) if info["targetId"] != handle]
+        ours = [info["targetId"] for info in pages if info.get("browserContextId") == context_id]
+        strays = [info for info in pages if info.get("browserContextId") != context_id]
+        # The last task's tabs close before the clearing, so none of its pages writes
+        # anything afterwards; windows in Chrome's default context are cleared first.
+        if self._clear_strays(devtools, strays):
+            self._switch_to_new(handle)
+            self._close_targets(devtools, ours + [info["targetId"] for info in strays])
+        else:
+            self._close_targets(devtools, ours + [info["targetId"] for info in strays])
+            self._switch_to_new(handle)
         self.handle = handle
         if self.tasks:
             self._clear_shared_state()
+
+    def _clear_strays(self, devtools: _DevTools, strays: list[dict[str, Any]]) -> bool:
+        """Clear what windows in Chrome's default context hold; True if any was touched.
+
+        Windows opened with ``driver.switch_to.new_window()`` live in the default context,
+        which is never disposed: clear its cookies, and from each such window's own page
+        session the storage of the origin it shows. The caller closes them afterwards.
+        """
+        web_strays = [info for info in strays if _origin(info.get("url", ""))]
+        if not (self.tasks and web_strays):
+            return False
+        devtools.call("Storage.clearCookies")  # the default context's cookies
+        for info in web_strays:
+            # Storage can only be cleared from a page session; a window that closed itself
+            # meanwhile is simply gone.
+            with contextlib.suppress(Exception):
+                self.driver.switch_to.window(info["targetId"])
+                self.driver.execute_cdp_cmd(
+                    "Storage.clearDataForOrigin",
+                    {"origin": _origin(info["url"]), "storageTypes": "all"},
+                )
+        return True
+
+    @staticmethod
+    def _close_targets(devtools: _DevTools, target_ids: list[str]) -> None:
+        if target_ids:
+            with contextlib.suppress(InstanceBroken):  # a tab may have closed itself
+                devtools.call_many([("Target.closeTarget", {"targetId": t}) for t in target_ids])
 
     def _clear_shared_state(self, origin: str | None = None) -> None:
         """Clear cookies, storage of every origin and the HTTP cache from the current tab."""
@@ -604,6 +651,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _pages(targets: dict[str, Any]) -> list[dict[str, Any]]:
+    return [info for info in targets["targetInfos"] if info.get("type") == "page"]
+
+
 def _origin(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme in ("http", "https") and parts.netloc:
@@ -630,7 +681,11 @@ def _kill_service(service: Any) -> None:
 def _teardown(
     process: subprocess.Popen[bytes] | None, user_data_dir: str | None, *, remove_dir: bool = True
 ) -> None:
+    killed: list[psutil.Process] = []
     if process is not None and process.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(process.pid)
+            killed = [root, *root.children(recursive=True)]
         # The group id is chromedriver's pid, which cannot be reused before we reap it.
         with contextlib.suppress(OSError):
             if os.name == "posix":
@@ -645,8 +700,22 @@ def _teardown(
             if any(user_data_dir in arg for arg in cmdline):
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
+                    killed.append(proc)
     if process is not None:
         with contextlib.suppress(subprocess.TimeoutExpired, OSError):
             process.wait(timeout=10)
+    # SIGKILL is delivered at once but a process takes a moment to exit (freeing its
+    # memory, finishing a disk write): return only when every one of them is gone.
+    deadline = time.monotonic() + 10
+    while any(_alive(proc) for proc in killed) and time.monotonic() < deadline:
+        time.sleep(0.01)
     if remove_dir and user_data_dir:
         shutil.rmtree(user_data_dir, ignore_errors=True)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (a zombie holds nothing; its parent or init reaps it)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -4,15 +4,16 @@
 ...     with pool.session("task-1") as driver:
 ...         driver.get("https://example.com")
 
-Instances start lazily up to ``pool_size``. Each task gets a fresh tab in a fresh browser
-context of an idle instance, or with ``isolation="tab"`` a fresh tab in the instance's one
-context, cleared between tasks (see ``docs/pool.md`` for what each isolates); the tab is
-closed on release and the next one is opened right away, so ``acquire`` costs
-milliseconds. Idle instances are reaped after ``idle_timeout``; instances are recycled
-after ``max_tasks_per_instance`` tasks or above ``max_memory_mb`` (PSS of the process
-tree); a dead or hung browser is killed and replaced, and the task holding it gets
-:class:`~leadperf.errors.BrowserCrashedError`. ``close()`` leaves no chromedriver or
-Chrome process behind; an ``atexit`` guard closes pools the host forgot.
+Instances start lazily up to ``pool_size``. Each task gets a fresh tab of an idle
+instance: by default (``isolation="tab"``) in the instance's one off-the-record browser
+context, whose cookies, storage and HTTP cache are cleared between tasks, or with
+``isolation="context"`` in a fresh browser context of its own (see ``docs/pool.md`` for
+what each isolates); the tab is closed on release and the next one is opened right away,
+so ``acquire`` costs milliseconds. Idle instances are reaped after ``idle_timeout``;
+instances are recycled after ``max_tasks_per_instance`` tasks or above ``max_memory_mb``
+(PSS of the process tree); a dead or hung browser is killed and replaced, and the task
+holding it gets :class:`~leadperf.errors.BrowserCrashedError`. ``close()`` leaves no
+chromedriver or Chrome process behind; an ``atexit`` guard closes pools the host forgot.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._chrome_instance import ISOLATION_MODES, ChromeInstance, InstanceBroken, owned_flag_in
+from ._chrome_instance import (
+    DEFAULT_ISOLATION,
+    ISOLATION_MODES,
+    ChromeInstance,
+    InstanceBroken,
+    owned_flag_in,
+)
 from ._util import mask_url
 from .config import Settings
 from .errors import (
@@ -124,9 +131,10 @@ class ChromePool:
     ``remote_url`` uses a Selenium Grid instead of local processes. ``options`` is a
     ``ChromeOptions`` or a list of extra Chrome arguments to start from.
     ``op_timeout`` bounds the pool's own browser calls (health check, tab reset): past it
-    the browser counts as hung. ``isolation`` is ``"context"`` (default: a fresh browser
-    context per task) or ``"tab"`` (a fresh tab in the instance's one context, whose
-    cookies, storage and HTTP cache are cleared between tasks: cheaper, shares more; see
+    the browser counts as hung. ``isolation`` is ``"tab"`` (default: a fresh tab in the
+    instance's one off-the-record context, whose cookies, storage and HTTP cache are
+    cleared between tasks, with one renderer process for the instance) or ``"context"`` (a
+    fresh browser context per task: isolates more, costs about 1.7x the CPU per task; see
     ``docs/pool.md``). Raises :class:`ConfigError` for bad arguments.
     """
 
@@ -145,7 +153,7 @@ class ChromePool:
         *,
         start_timeout: float = 60.0,
         op_timeout: float = 15.0,
-        isolation: str = "context",
+        isolation: str = DEFAULT_ISOLATION,
     ) -> None:
         settings = settings or Settings.from_env()
         self._settings = settings
