@@ -14,7 +14,7 @@ import socket
 import ssl
 import subprocess
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,14 @@ class RawServer:
 def _response(status: int, body: bytes, *, ctype: str = "text/html", extra: str = "") -> bytes:
     head = f"HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
     return (head + extra + "\r\n").encode() + body
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait for the server side to notice closed connections (it runs on this loop)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -409,9 +417,7 @@ async def test_cap_is_shared_across_origins(raw: RawServer) -> None:
     assert raw.max_open <= 2
     assert other.max_open <= 2
     assert other.connections == 2
-    await asyncio.sleep(0.05)
-    assert raw.open == 0
-    assert other.open == 0
+    await _until(lambda: raw.open == 0 and other.open == 0)
     await other.stop()
 
 
@@ -461,8 +467,7 @@ async def test_aclose_closes_every_connection(raw: RawServer) -> None:
     await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(5)))
     assert raw.open == 5
     await eng.aclose()
-    await asyncio.sleep(0.05)
-    assert raw.open == 0
+    await _until(lambda: raw.open == 0)
 
 
 @pytest.mark.anyio
