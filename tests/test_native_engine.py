@@ -412,6 +412,9 @@ async def test_cap_is_shared_across_origins(raw: RawServer) -> None:
         await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(4)))
         # Both connections idle on the first origin; the second origin evicts them.
         await asyncio.gather(*(eng.request("GET", other.url("/wait?s=0.02")) for _ in range(4)))
+        # Only origins that hold idle connections are remembered (no trail of past hosts).
+        assert [port for _, _, port in eng._pool.idle] == [other.port]
+        assert eng._pool.count == 2
     finally:
         await eng.aclose()
     assert raw.max_open <= 2

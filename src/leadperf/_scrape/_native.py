@@ -420,6 +420,9 @@ class _Pool:
     def take_idle(self, origin: Origin, now: float) -> _Connection | None:
         """The most recently used healthy idle connection to ``origin``, if any."""
         idle = self.idle.get(origin)
+        if idle is None:
+            return None
+        found = None
         while idle:
             conn = idle.pop()
             if (
@@ -428,9 +431,12 @@ class _Pool:
                 and not conn.transport.is_closing()
                 and now - conn.idle_since < _KEEPALIVE_EXPIRY
             ):
-                return conn
+                found = conn
+                break
             self._drop(conn)
-        return None
+        if not idle:  # only origins with idle connections stay: 100K hosts leave no trail
+            del self.idle[origin]
+        return found
 
     async def connect(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> _Connection:
         """A new connection once the cap allows (or an idle one freed meanwhile)."""
