@@ -641,3 +641,19 @@ async def test_interoperates_with_the_standard_library_server() -> None:
         await eng.aclose()
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.anyio
+async def test_closing_fails_requests_waiting_for_a_connection(raw: RawServer) -> None:
+    eng = NativeEngine(max_connections=1, timeout=2.0, headers=None)
+    busy = asyncio.ensure_future(eng.request("GET", raw.url("/wait?s=0.8")))
+    await _until(lambda: raw.open == 1)
+    waiting = asyncio.ensure_future(eng.request("GET", raw.url("/page")))
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    await eng.aclose()
+    with pytest.raises(ScrapeConnectionError, match="closed"):
+        await waiting
+    assert asyncio.get_running_loop().time() - started < 0.25  # not left to its timeout
+    assert (await busy).content == b"waited"  # the request on the wire still completes
+    assert [r["target"] for r in raw.requests] == ["/wait?s=0.8"]

@@ -191,10 +191,7 @@ class _Connection(asyncio.Protocol):
                 self._finish(body, buf[need:])
                 return
             if mode == 2:
-                buf = self._chunked(buf)
-                if self._body_mode == 2:
-                    self._buf = buf
-                    return
+                self._buf = self._chunked(buf)  # b"" once the body is complete
                 return
             # until close: keep everything
             self._chunks.append(buf)
@@ -441,6 +438,8 @@ class _Pool:
     async def connect(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> _Connection:
         """A new connection once the cap allows (or an idle one freed meanwhile)."""
         while self.count >= self.max:
+            if self.closed:
+                raise ScrapeConnectionError("the engine is closed")
             if self._evict_one():
                 continue
             waiter = loop.create_future()
@@ -617,13 +616,20 @@ def _check_header(name: str, value: str) -> None:
         )
 
 
-def _header_block(headers: Mapping[str, str]) -> tuple[dict[str, tuple[str, str]], str]:
+Headers = dict[str, tuple[str, str]]  # lower-cased name -> (name as given, value)
+
+
+def _checked(headers: Mapping[str, str]) -> Headers:
     merged = {name.lower(): (name, str(value)) for name, value in headers.items()}
     for name, value in merged.values():
         _check_header(name, value)
     if "host" in merged:  # spelled as the request writer looks for it: sent instead of ours
         merged["host"] = ("Host", merged["host"][1])
-    return merged, "".join(f"{name}: {value}\r\n" for name, value in merged.values())
+    return merged
+
+
+def _block(headers: Headers) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.values())
 
 
 def _decompress(body: bytes, encoding: bytes) -> bytes:
@@ -656,11 +662,9 @@ class NativeEngine:
                 key="engine",
             ) from None
         self._timeout = timeout
-        defaults = {"User-Agent": _USER_AGENT, "Accept": "*/*"}
-        defaults["Accept-Encoding"] = _ACCEPT_ENCODING
-        if headers:
-            defaults.update(headers)
-        self._defaults, self._default_block = _header_block(defaults)
+        defaults = {"User-Agent": _USER_AGENT, "Accept": "*/*", "Accept-Encoding": _ACCEPT_ENCODING}
+        self._defaults = _checked({**defaults, **(headers or {})})
+        self._default_block = _block(self._defaults)
         self._pool = _Pool(max_connections)
         self._origins: dict[str, tuple[Origin, str]] = {}  # "scheme://netloc" -> origin
 
@@ -715,11 +719,10 @@ class NativeEngine:
             content_type = "application/json"
         extra = ""
         if headers:
-            merged, _ = _header_block(headers)
+            merged = _checked(headers)
             if content_type is not None and "content-type" not in merged:
                 merged["content-type"] = ("Content-Type", content_type)
-            extra_headers = {**self._defaults, **merged}
-            block = "".join(f"{n}: {v}\r\n" for n, v in extra_headers.values())
+            block = _block({**self._defaults, **merged})
         else:
             block = self._default_block
             if content_type is not None:
