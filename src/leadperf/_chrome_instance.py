@@ -482,6 +482,7 @@ class ChromeInstance:
         self._switch_to_new(handle)
         self._context, self.handle = context_id, handle
         self._close_targets(devtools, [info["targetId"] for info in strays])
+        self._await_only(handle)
 
     def _rotate_shared_tab(self, devtools: _DevTools) -> None:
         # One off-the-record browser context for the instance's life (in memory, no history):
@@ -512,8 +513,26 @@ class ChromeInstance:
             self._close_targets(devtools, ours + [info["targetId"] for info in strays])
             self._switch_to_new(handle)
         self.handle = handle
+        self._await_only(handle)
         if self.tasks:
             self._clear_shared_state()
+
+    def _await_only(self, handle: str) -> None:
+        """Wait until chromedriver lists ``handle`` as the only window.
+
+        Target.closeTarget and disposeBrowserContext answer before the tabs are gone, and
+        chromedriver drops a tab from window_handles only when its own event arrives; the
+        next task must never see the last task's windows.
+        """
+        delay = 0.005
+        give_up = time.monotonic() + self.op_timeout / 2
+        while (handles := self.driver.window_handles) != [handle]:
+            if handle not in handles:
+                raise InstanceBroken("the ready tab is gone")
+            if time.monotonic() + delay > give_up:
+                raise InstanceBroken("the last task's tabs did not close")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _clear_strays(self, devtools: _DevTools, strays: list[dict[str, Any]]) -> bool:
         """Clear what windows in Chrome's default context hold; True if any was touched.
