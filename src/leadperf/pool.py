@@ -134,7 +134,7 @@ class ChromePool:
     the browser counts as hung. ``isolation`` is ``"tab"`` (default: a fresh tab in the
     instance's one off-the-record context, whose cookies, storage and HTTP cache are
     cleared between tasks, with one renderer process for the instance) or ``"context"`` (a
-    fresh browser context per task: isolates more, costs about 1.7x the CPU per task; see
+    fresh browser context per task: isolates more, costs 1.7x-2x the CPU per task; see
     ``docs/pool.md``). Raises :class:`ConfigError` for bad arguments.
     """
 
