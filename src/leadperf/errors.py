@@ -15,6 +15,10 @@ the matching builtin, so ``except TimeoutError`` keeps working in host code::
     │   ├── InvalidURLError (ValueError)
     │   ├── ScrapeTimeoutError (TimeoutError)
     │   ├── ScrapeConnectionError (ConnectionError)
+    │   │   └── InvalidResponseError            malformed or conflicting response framing
+    │   ├── ResponseTooLargeError               body, decoded size, head or header count too big
+    │   ├── TooManyRedirectsError               redirect loop or chain over the limit (not retried)
+    │   ├── UnsafeRequestError (ValueError)     control bytes or a non-token in what would be sent
     │   └── HTTPStatusError                     carries .status_code
     ├── PoolError
     │   ├── PoolExhaustedError (TimeoutError)   every instance busy past the timeout
@@ -45,15 +49,19 @@ __all__ = [
     "DatabaseUnavailableError",
     "HTTPStatusError",
     "ImageError",
+    "InvalidResponseError",
     "InvalidURLError",
     "LeadperfError",
     "MissingDependencyError",
     "PoolError",
     "PoolExhaustedError",
+    "ResponseTooLargeError",
     "ScrapeConnectionError",
     "ScrapeError",
     "ScrapeTimeoutError",
     "SerializationError",
+    "TooManyRedirectsError",
+    "UnsafeRequestError",
 ]
 
 
@@ -125,6 +133,27 @@ class ScrapeTimeoutError(ScrapeError, TimeoutError):
 
 class ScrapeConnectionError(ScrapeError, ConnectionError):
     """The connection could not be made or was dropped."""
+
+
+class InvalidResponseError(ScrapeConnectionError):
+    """The server's response was malformed (bad status line, conflicting framing, bad
+    chunk size, control bytes in a header) or ended before its framing said it would."""
+
+
+class ResponseTooLargeError(ScrapeError):
+    """The response exceeded a limit: body size, decoded size, head size or header count.
+
+    Raise the matching ``AsyncScraper`` limit (``max_body_size``, ...) if the response is
+    expected to be that large.
+    """
+
+
+class TooManyRedirectsError(ScrapeError):
+    """A redirect loop, or a chain longer than the limit; not retried."""
+
+
+class UnsafeRequestError(ScrapeError, ValueError):
+    """The request would put control bytes or a non-token method or header name on the wire."""
 
 
 class HTTPStatusError(ScrapeError):
