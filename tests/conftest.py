@@ -103,3 +103,41 @@ def tmp_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+# -- reliability report -------------------------------------------------------------------
+# Fault and hostile-input tests record what they observed; scripts/reliability_report.py
+# turns the records of the last run into docs/reliability.md, so the table is the suite's
+# own output, never written by hand.
+
+RELIABILITY_DIR = os.path.join(os.path.dirname(__file__), "..", ".reliability")
+
+
+class Reliability:
+    """Appends one JSON line per observed fault to ``.reliability/<area>.jsonl``."""
+
+    def __init__(self, test_id: str) -> None:
+        self.test_id = test_id
+
+    def record(self, area: str, fault: str, promise: str, observed: str) -> None:
+        """Record one row: the fault tried, what leadperf promises, what the test saw."""
+        import json
+        import time
+
+        os.makedirs(RELIABILITY_DIR, exist_ok=True)
+        row = {
+            "area": area,
+            "fault": fault,
+            "promise": promise,
+            "observed": observed,
+            "test": self.test_id,
+            "at": time.time(),
+        }
+        with open(os.path.join(RELIABILITY_DIR, f"{area}.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Reliability:
+    """Record a fault test's observation for docs/reliability.md (see Reliability.record)."""
+    return Reliability(request.node.nodeid)
