@@ -44,10 +44,8 @@ def main() -> None:
     if not rows:
         raise SystemExit("no records in .reliability/: run the test suite first")
     newest = max(float(r["at"]) for r in rows.values())  # type: ignore[arg-type]
-    out = [
-        HEADER,
-        f"Records from the run ending {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(newest))}.\n",
-    ]
+    ended = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(newest))
+    out = [HEADER, f"Records from the run ending {ended}.\n"]
     for area in sorted({a for a, _ in rows}):
         out.append(f"\n## {area}\n")
         out.append("| fault or hostile input | promise | observed | test |")
