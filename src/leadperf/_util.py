@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from urllib.parse import urlsplit, urlunsplit
 
+from ._core.redact import mask_url as _mask_url
 from .errors import MissingDependencyError
 
 __all__ = ["mask_url", "require"]
 
 
 def mask_url(url: str | None) -> str | None:
-    """Return ``url`` with any password replaced by ``***`` (for reprs, logs and errors)."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    userinfo = f"{user}:***" if parts.password is not None else user
-    return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, parts.query, ""))
+    """Return ``url`` with every credential masked as ``***`` (:mod:`leadperf._core.redact`)."""
+    return _mask_url(url)
 
 
 def require(module: str, extra: str, package: str | None = None) -> ModuleType:

@@ -115,11 +115,9 @@ _PASSWORD_KV = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
 
 def mask_dsn(dsn: str) -> str:
     """Mask the password of a URL or ``key=value`` DSN."""
-    from .._util import mask_url
+    from .._core.redact import mask_dsn as _mask_dsn
 
-    if "://" in dsn:
-        return mask_url(dsn) or ""
-    return _PASSWORD_KV.sub(r"\1***", dsn)
+    return _mask_dsn(dsn)
 
 
 def dsn_password(dsn: str) -> str | None:

@@ -1,0 +1,1 @@
+"""Small internals shared by every part (credential redaction first)."""
