@@ -28,10 +28,12 @@ __all__ = [
     "CacheSettings",
     "ChromeSettings",
     "DatabaseSettings",
+    "MemorySettings",
     "MonitoringSettings",
     "ResourceSettings",
     "ScraperSettings",
     "Settings",
+    "TaskSettings",
 ]
 
 ProfileName = Literal["balanced", "memory_focused", "performance_focused"]
@@ -77,6 +79,44 @@ def _masked(value: str | None) -> str:
     return repr(mask_url(value))
 
 
+def _url(*schemes: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """Validator: None, or a URL with one of ``schemes`` and a host or path after it."""
+
+    def ok(v: Any) -> bool:
+        if v is None:
+            return True
+        if not isinstance(v, str) or "://" not in v:
+            return False
+        scheme, _, rest = v.partition("://")
+        blank = any(c in v for c in " \n\r\t")
+        return scheme.lower() in schemes and bool(rest.strip()) and not blank
+
+    example = " or ".join(f"{s}://..." for s in schemes[:3])
+    check = _check(ok, f"must be a URL like {example}")
+
+    def validate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            check(inst, attribute, value)
+        except ConfigError as exc:
+            # Never echo a URL that may carry a password: the masked form only.
+            shown = mask_url(value) if isinstance(value, str) else value
+            key = exc.key or attribute.name
+            raise ConfigError(
+                f"{key}: must be a URL like {example}, got {shown!r}", key=key
+            ) from None
+
+    return validate
+
+
+def _compression(value: Any) -> Any:
+    # The seed's YAML writes ``compression: true``: the default compressor; false: none.
+    if value is True:
+        return "br"
+    if value is False:
+        return "none"
+    return value
+
+
 # -- sections -----------------------------------------------------------------------------
 
 
@@ -85,12 +125,20 @@ class CacheSettings:
     """Cache: backend URL, default TTL (seconds), memory size, codec compression."""
 
     enabled: bool = attrs.field(default=True, validator=_bool)
-    url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
-    redis_url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
+    url: str | None = attrs.field(
+        default=None,
+        validator=_url("memory", "sqlite", "redis", "rediss", "unix", "postgresql", "postgres"),
+        repr=_masked,
+    )
+    redis_url: str | None = attrs.field(
+        default=None, validator=_url("redis", "rediss", "unix"), repr=_masked
+    )
     redis_enabled: bool = attrs.field(default=False, validator=_bool)
     default_ttl: float = attrs.field(default=3600.0, validator=_positive_num)
     max_size: int = attrs.field(default=10_000, validator=_positive_int)
-    compression: str = attrs.field(default="br", validator=_one_of("br", "gzip", "none"))
+    compression: str = attrs.field(
+        default="br", converter=_compression, validator=_one_of("br", "gzip", "none")
+    )
     compression_threshold: int = attrs.field(default=1024, validator=_non_negative_int)
     pool_min_size: int = attrs.field(default=2, validator=_non_negative_int)
     pool_max_size: int = attrs.field(default=10, validator=_positive_int)
@@ -100,7 +148,9 @@ class CacheSettings:
 class DatabaseSettings:
     """Database: URL and psycopg-pool sizes (``pool_size`` .. ``pool_size + max_overflow``)."""
 
-    url: str | None = attrs.field(default=None, validator=_opt_str, repr=_masked)
+    url: str | None = attrs.field(
+        default=None, validator=_url("postgresql", "postgres"), repr=_masked
+    )
     pool_size: int = attrs.field(default=5, validator=_positive_int)
     max_overflow: int = attrs.field(default=5, validator=_non_negative_int)
     pool_timeout: float = attrs.field(default=30.0, validator=_positive_num)
@@ -145,6 +195,31 @@ class ResourceSettings:
     )
 
 
+@attrs.frozen
+class MemorySettings:
+    """Memory management: the guard's limit (MB; None = the container's cgroup limit, if
+    any), the fraction of it that triggers the guard, how often it checks (seconds), and
+    whether to ``gc.freeze()`` long-lived objects after warm-up."""
+
+    limit_mb: float | None = attrs.field(
+        default=None,
+        validator=_check(lambda v: v is None or (_is_num(v) and v > 0), "must be a number > 0"),
+    )
+    guard_ratio: float = attrs.field(
+        default=0.9, validator=_check(lambda v: _is_num(v) and 0 < v <= 1, "must be in (0, 1]")
+    )
+    check_interval: float = attrs.field(default=5.0, validator=_positive_num)
+    gc_freeze: bool = attrs.field(default=True, validator=_bool)
+
+
+@attrs.frozen
+class TaskSettings:
+    """Background tasks: queue bound (backpressure beyond it) and concurrent workers."""
+
+    max_queued: int = attrs.field(default=1000, validator=_positive_int)
+    workers: int = attrs.field(default=4, validator=_positive_int)
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "cache": CacheSettings,
     "database": DatabaseSettings,
@@ -152,6 +227,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "scraper": ScraperSettings,
     "chrome": ChromeSettings,
     "resources": ResourceSettings,
+    "memory": MemorySettings,
+    "tasks": TaskSettings,
 }
 
 _SECTION_NAMES: dict[type[Any], str] = {cls: name for name, cls in _SECTIONS.items()}
@@ -160,20 +237,34 @@ _SECTION_NAMES: dict[type[Any], str] = {cls: name for name, cls in _SECTIONS.ite
 PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "balanced": {},
     "memory_focused": {
-        "cache": {"max_size": 2_000, "compression": "br", "compression_threshold": 256},
+        "cache": {
+            "max_size": 2_000,
+            "compression": "br",
+            "compression_threshold": 256,
+            "pool_max_size": 5,
+        },
         "scraper": {"max_concurrent": 3, "max_connections": 50},
         "chrome": {"pool_size": 3, "idle_timeout": 60.0},
         "database": {"pool_size": 2, "max_overflow": 3},
         "resources": {"screenshot_target_size_kb": 150, "image_quality": 75},
         "monitoring": {"metrics_interval": 30.0},
+        "tasks": {"max_queued": 200, "workers": 2},
     },
     "performance_focused": {
-        "cache": {"max_size": 50_000, "compression": "gzip", "compression_threshold": 4096},
+        # Four-hour TTL and larger pools: trade memory and staleness for fewer misses/waits.
+        "cache": {
+            "max_size": 50_000,
+            "default_ttl": 14_400.0,
+            "compression": "gzip",
+            "compression_threshold": 4096,
+            "pool_max_size": 20,
+        },
         "scraper": {"max_concurrent": 10, "max_connections": 200},
-        "chrome": {"pool_size": 10, "idle_timeout": 600.0},
+        "chrome": {"pool_size": 16, "idle_timeout": 600.0},
         "database": {"pool_size": 10, "max_overflow": 10},
         "resources": {"screenshot_target_size_kb": 300, "image_quality": 90},
         "monitoring": {"metrics_interval": 120.0},
+        "tasks": {"max_queued": 5_000, "workers": 8},
     },
 }
 
@@ -221,6 +312,14 @@ def _to_chrome(value: Any) -> Any:
 
 def _to_resources(value: Any) -> Any:
     return _convert_section("resources", value)
+
+
+def _to_memory(value: Any) -> Any:
+    return _convert_section("memory", value)
+
+
+def _to_tasks(value: Any) -> Any:
+    return _convert_section("tasks", value)
 
 
 def _section_type(name: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -280,6 +379,16 @@ class Settings:
         converter=_to_resources,
         validator=_section_type("resources"),
     )
+    memory: MemorySettings = attrs.field(
+        default=attrs.Factory(_section_default("memory"), takes_self=True),
+        converter=_to_memory,
+        validator=_section_type("memory"),
+    )
+    tasks: TaskSettings = attrs.field(
+        default=attrs.Factory(_section_default("tasks"), takes_self=True),
+        converter=_to_tasks,
+        validator=_section_type("tasks"),
+    )
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
@@ -327,9 +436,16 @@ class Settings:
     ) -> Settings:
         """Build settings from environment variables (see ``ENV_VARS``) over profile defaults.
 
-        ``overrides`` (``cache={...}``, ``log_level=...``) win over the environment.
+        ``overrides`` (``cache={...}``, ``log_level=...``) win over the environment. The YAML
+        file named by ``LEADPERF_CONFIG``, else ``config/performance.yaml`` in the current
+        directory when it exists, is read first (the environment wins over it).
         """
-        return cls._load(yaml_data=None, environ=environ, profile=profile, overrides=overrides)
+        env = os.environ if environ is None else environ
+        path = env.get("LEADPERF_CONFIG") or None
+        if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            path = DEFAULT_CONFIG_FILE
+        yaml_data = _read_yaml(Path(path)) if path else None
+        return cls._load(yaml_data=yaml_data, environ=environ, profile=profile, overrides=overrides)
 
     @classmethod
     def from_yaml(
@@ -345,26 +461,8 @@ class Settings:
         Environment variables still win over the file, so a deployment can override it;
         pass ``environ={}`` to read the file alone. Needs ``pip install 'leadperf[yaml]'``.
         """
-        yaml = require("yaml", "yaml", "pyyaml")
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read settings file {p}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"settings file {p} is not valid YAML: {exc}") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping) or not isinstance(data.get("performance", {}), Mapping):
-            raise ConfigError(
-                f"settings file {p}: expected a top-level 'performance:' mapping", key="performance"
-            )
-        unknown_top = set(data) - {"performance"}
-        if unknown_top:
-            key = sorted(unknown_top)[0]
-            raise ConfigError(f"{key}: unknown top-level key in {p}; use 'performance:'", key=key)
         return cls._load(
-            yaml_data=dict(data.get("performance") or {}),
+            yaml_data=_read_yaml(Path(path)),
             environ=environ,
             profile=profile,
             overrides=overrides,
@@ -407,6 +505,8 @@ class Settings:
                             f"{', '.join(fields)}",
                             key=f"performance.{section}.{key}",
                         )
+                    if key == "compression" and isinstance(value, bool):
+                        value = _compression(value)
                     layers[section][key] = _coerce(
                         f"performance.{section}.{key}", value, fields[key].type
                     )
@@ -421,6 +521,11 @@ class Settings:
             else:
                 ftype = attrs.fields_dict(_SECTIONS[section])[key].type
                 layers[section][key] = _coerce(env_name, raw, ftype)
+
+        # A Redis URL given without REDIS_ENABLED means "use it" (the seed needed both, and
+        # silently fell back to memory when the flag was missing); REDIS_ENABLED=false wins.
+        if layers["cache"].get("redis_url") and "redis_enabled" not in layers["cache"]:
+            layers["cache"]["redis_enabled"] = True
 
         # Explicit arguments over everything.
         chosen_profile = profile or overrides.pop("profile", None) or top.pop("profile", None)
@@ -440,6 +545,32 @@ class Settings:
         return base.evolve(**sections) if sections else base
 
 
+#: Read by :meth:`Settings.from_env` when present and ``LEADPERF_CONFIG`` is not set.
+DEFAULT_CONFIG_FILE = "config/performance.yaml"
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """The ``performance:`` mapping of YAML file ``p``; ConfigError when unusable."""
+    yaml = require("yaml", "yaml", "pyyaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {p}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"settings file {p} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping) or not isinstance(data.get("performance", {}), Mapping):
+        raise ConfigError(
+            f"settings file {p}: expected a top-level 'performance:' mapping", key="performance"
+        )
+    unknown_top = set(data) - {"performance"}
+    if unknown_top:
+        key = sorted(unknown_top)[0]
+        raise ConfigError(f"{key}: unknown top-level key in {p}; use 'performance:'", key=key)
+    return dict(data.get("performance") or {})
+
+
 def _coerce(key: str, value: Any, ftype: Any) -> Any:
     """Turn a YAML or env value into the field's type, or raise ConfigError naming ``key``."""
     t = str(ftype)
@@ -456,7 +587,9 @@ def _coerce(key: str, value: Any, ftype: Any) -> Any:
             return int(str(value).strip())
         except ValueError:
             raise ConfigError(f"{key}: must be an integer, got {value!r}", key=key) from None
-    if t == "float":
+    if t == "float | None" and value is None:
+        return None
+    if t in ("float", "float | None"):
         if _is_num(value):
             return float(value)
         try:
@@ -495,6 +628,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "LEADPERF_PROFILE": ("", "profile"),
     "LEADPERF_CACHE_URL": ("cache", "url"),
     "LEADPERF_SCRAPER_ENGINE": ("scraper", "engine"),
+    "LEADPERF_MEMORY_LIMIT_MB": ("memory", "limit_mb"),
 }
 
 #: Every key a YAML file may set under ``performance:``.
