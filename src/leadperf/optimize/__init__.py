@@ -1,5 +1,6 @@
 """Optimisation parts: resources (images, text), database (bulk upserts, query cache),
-archival (partitions), tuning profiles and the :class:`PerformanceOptimizer` facade.
+archival (partitions), background tasks, memory management, tuning profiles,
+recommendations and the :class:`PerformanceOptimizer` facade.
 
 Names load lazily so that importing this package pulls in neither PIL nor psycopg.
 """
@@ -12,17 +13,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .archive import Archiver
     from .database import DatabaseOptimizer
+    from .memory import MemoryGuard
     from .optimizer import PerformanceOptimizer, get_performance_optimizer
     from .profiles import PROFILES, Profile
+    from .recommend import Recommendation
     from .resources import ResourceOptimizer, get_resource_optimizer
+    from .tasks import TaskHandle, TaskOptimizer, TaskQueueFullError, TaskStats
 
 __all__ = [
     "PROFILES",
     "Archiver",
     "DatabaseOptimizer",
+    "MemoryGuard",
     "PerformanceOptimizer",
     "Profile",
+    "Recommendation",
     "ResourceOptimizer",
+    "TaskHandle",
+    "TaskOptimizer",
+    "TaskQueueFullError",
+    "TaskStats",
     "get_performance_optimizer",
     "get_resource_optimizer",
 ]
@@ -36,6 +46,12 @@ _LAZY: dict[str, str] = {
     "Profile": ".profiles",
     "ResourceOptimizer": ".resources",
     "get_resource_optimizer": ".resources",
+    "MemoryGuard": ".memory",
+    "Recommendation": ".recommend",
+    "TaskHandle": ".tasks",
+    "TaskOptimizer": ".tasks",
+    "TaskQueueFullError": ".tasks",
+    "TaskStats": ".tasks",
 }
 
 

@@ -1,9 +1,16 @@
 """The :class:`PerformanceOptimizer` facade: builds every part from one ``Settings``,
-owns their lifecycle, reports their stats and applies tuning profiles."""
+owns their lifecycle, reports their stats, checks the backends and applies profiles.
+
+Sync use (``with PerformanceOptimizer() as perf:``) runs the parts on leadperf's shared
+portal loop; ``perf.cache_sync``, ``perf.database_sync`` and ``perf.tasks_sync`` are
+blocking fronts of those parts, and ``await perf.cache.get(...)`` from another event loop
+(a notebook cell) is forwarded to the portal loop, so it works there too.
+"""
 
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import threading
 import time
@@ -11,23 +18,38 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
 
 from .._portal import get_portal, run_sync
 from ..config import Settings
-from ..errors import ClosedError, ConfigError
+from ..errors import ClosedError, ConfigError, LeadperfError
 from ..monitor import MetricsRegistry, SystemMonitor
-from .profiles import PROFILES, get_profile
-from .recommend import recommend
+from ._parts import (
+    Blocking,
+    close_part,
+    forward_if_foreign_loop,
+    ping_cache,
+    ping_database,
+    trim_parts,
+)
+from .memory import MemoryGuard, MemoryReading, cgroup_memory, freeze_after_warmup
+from .profiles import PROFILES, apply_to_parts, get_profile
+from .recommend import Recommendation, recommend, table_usage
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
     from ..cache import Cache
     from ..pool import ChromePool
     from ..scraper import AsyncScraper
     from .database import DatabaseOptimizer
     from .resources import ResourceOptimizer
+    from .tasks import TaskOptimizer
 
 __all__ = ["PerformanceOptimizer", "get_performance_optimizer"]
+
+log = logging.getLogger("leadperf.optimizer")
 
 
 class _State(enum.Enum):
@@ -41,11 +63,11 @@ class PerformanceOptimizer:
 
     Parts are built lazily from ``settings`` on first access (``perf.cache``,
     ``perf.scraper``, ``perf.chrome``, ``perf.resources``, ``perf.database``,
-    ``perf.monitor``); ones passed in are used as they are and still closed with the
-    facade. Use ``async with PerformanceOptimizer(settings) as perf:`` in async code and
-    ``with PerformanceOptimizer(settings) as perf:`` in scripts and notebooks (the sync
-    form runs the parts on leadperf's shared background event loop, so it works inside a
-    running loop too). A closed optimizer is never reopened.
+    ``perf.tasks``, ``perf.monitor``, ``perf.memory``); ones passed in are used as they are
+    and still closed with the facade. Use ``async with PerformanceOptimizer(settings) as
+    perf:`` in async code and ``with PerformanceOptimizer(settings) as perf:`` in scripts
+    and notebooks (the sync form runs the parts on leadperf's shared background event
+    loop, so it works inside a running loop too). A closed optimizer is never reopened.
     """
 
     def __init__(
@@ -69,6 +91,10 @@ class PerformanceOptimizer:
         self._parts: dict[str, Any] = {}
         self._entered: set[str] = set()
         self._sync_cm: AbstractContextManager[PerformanceOptimizer] | None = None
+        self._on_portal = False
+        self._tg: TaskGroup | None = None
+        self._tg_task: int | None = None
+        self._gc_before: tuple[int, int, int] | None = None
         for name, part in (
             ("cache", cache),
             ("scraper", scraper),
@@ -101,7 +127,7 @@ class PerformanceOptimizer:
             part = self._parts.get(name)
             if part is None:
                 part = self._adopt(name, self._build(name))
-            return part
+        return forward_if_foreign_loop(part) if self._on_portal else part
 
     def _build(self, name: str) -> Any:
         s = self.settings
@@ -112,7 +138,7 @@ class PerformanceOptimizer:
         if name == "scraper":
             from ..scraper import AsyncScraper
 
-            return AsyncScraper(settings=s, cache=self.cache if s.cache.enabled else None)
+            return AsyncScraper(settings=s, cache=self._raw("cache") if s.cache.enabled else None)
         if name == "chrome":
             from ..pool import ChromePool
 
@@ -129,11 +155,22 @@ class PerformanceOptimizer:
                 )
             from .database import DatabaseOptimizer
 
-            cache = self.cache if s.database.enable_query_cache else None
+            cache = self._raw("cache") if s.database.enable_query_cache else None
             return DatabaseOptimizer(settings=s, cache=cache)
+        if name == "tasks":
+            from .tasks import TaskOptimizer
+
+            return TaskOptimizer(settings=s)
         if name == "monitor":
             return SystemMonitor(settings=s)
+        if name == "memory":
+            return MemoryGuard(self._on_memory_pressure, settings=s)
         raise AssertionError(name)
+
+    def _raw(self, name: str) -> Any:
+        """The part itself (never the cross-loop forwarder), built if needed."""
+        self._part(name)
+        return self._parts[name]
 
     @property
     def cache(self) -> Cache:
@@ -166,10 +203,45 @@ class PerformanceOptimizer:
         return part
 
     @property
+    def tasks(self) -> TaskOptimizer:
+        """The background task queue; open while the optimizer is open."""
+        part: TaskOptimizer = self._part("tasks")
+        return part
+
+    @property
     def monitor(self) -> SystemMonitor:
         """The psutil system monitor."""
         part: SystemMonitor = self._part("monitor")
         return part
+
+    @property
+    def memory(self) -> MemoryGuard:
+        """The memory guard (idle unless a limit is configured or the container has one)."""
+        part: MemoryGuard = self._part("memory")
+        return part
+
+    @property
+    def cache_sync(self) -> Any:
+        """Blocking front of :attr:`cache`: ``perf.cache_sync.get("k")`` and so on."""
+        return self._blocking("cache")
+
+    @property
+    def database_sync(self) -> Any:
+        """Blocking front of :attr:`database`: ``perf.database_sync.fetch("SELECT 1")``."""
+        return self._blocking("database")
+
+    @property
+    def tasks_sync(self) -> Any:
+        """Blocking front of :attr:`tasks` (``submit`` returns a handle; ``join`` waits)."""
+        return self._blocking("tasks")
+
+    def _blocking(self, name: str) -> Blocking:
+        if self._state is _State.OPEN and not self._on_portal:
+            raise LeadperfError(
+                f"this PerformanceOptimizer was opened with 'async with': use "
+                f"'await perf.{name}...' (the *_sync fronts are for 'with' blocks and scripts)"
+            )
+        return Blocking(self._raw(name), name)
 
     @property
     def closed(self) -> bool:
@@ -179,21 +251,32 @@ class PerformanceOptimizer:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> PerformanceOptimizer:
-        """Open the cache and the scraper, and start system sampling if enabled."""
+        """Open the cache, the scraper and the task queue; apply the profile's GC
+        thresholds; start system sampling and the memory guard when enabled."""
         if self._state is _State.CLOSED:
             raise ClosedError("this PerformanceOptimizer is closed; create a new one")
         if self._state is _State.OPEN:
             return self
         self._state = _State.OPEN
         try:
-            for name in ("cache", "scraper"):
-                part = self._part(name)
+            for name in ("cache", "scraper", "tasks"):
+                part = self._parts.get(name) or self._raw(name)
                 await part.__aenter__()
                 self._entered.add(name)
-            if self.settings.monitoring.enabled and self.settings.monitoring.system_monitoring:
-                monitor = self.monitor
+            s = self.settings
+            if s.monitoring.enabled and s.monitoring.system_monitoring:
+                monitor = self._raw("monitor")
                 self.registry.register("system", monitor.latest_or_sample)
                 await monitor.start()
+            self._gc_before = get_profile(s.profile).apply_gc()
+            guard: MemoryGuard = self._raw("memory")
+            if guard.enabled:
+                self._tg = anyio.create_task_group()
+                await self._tg.__aenter__()
+                self._tg_task = anyio.get_current_task().id
+                self._tg.start_soon(guard.run, name="leadperf-memory-guard")
+            if s.memory.gc_freeze:
+                freeze_after_warmup()
         except BaseException:
             await self.aclose()
             raise
@@ -207,26 +290,29 @@ class PerformanceOptimizer:
             self._state = _State.CLOSED
             parts = dict(self._parts)
         errors: list[BaseException] = []
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            # A task group is left by the task that entered it (see AsyncScraper too).
+            if anyio.get_current_task().id == self._tg_task:
+                await tg.__aexit__(None, None, None)
         # Reverse build order: users of the cache close before the cache.
-        for name in ("monitor", "scraper", "chrome", "database", "resources", "cache"):
+        order = ("monitor", "tasks", "scraper", "chrome", "database", "resources", "cache")
+        for name in order:
             part = parts.get(name)
             if part is None:
                 continue
             try:
-                if name == "monitor":
-                    await part.stop()
-                elif name in self._entered:
-                    await part.__aexit__(None, None, None)
-                elif callable(getattr(part, "aclose", None)):
-                    await part.aclose()
-                elif callable(getattr(part, "close", None)):
-                    result = part.close()
-                    if hasattr(result, "__await__"):
-                        await result
+                await close_part(name, part, entered=name in self._entered)
             except Exception as exc:  # close the rest, then report the first failure
                 errors.append(exc)
             self.registry.unregister(name)
         self.registry.unregister("system")
+        if (
+            self._gc_before is not None
+            and gc.get_threshold() == get_profile(self.settings.profile).gc_thresholds
+        ):
+            gc.set_threshold(*self._gc_before)  # still ours: give the host its own back
         if errors:
             raise errors[0]
 
@@ -244,6 +330,7 @@ class PerformanceOptimizer:
     def __enter__(self) -> PerformanceOptimizer:
         # Enter and exit in one task on the shared portal's loop: parts may hold task
         # groups, whose scopes must be left by the task that entered them.
+        self._on_portal = True
         cm = get_portal().wrap_async_context_manager(self)
         result = cm.__enter__()
         self._sync_cm = cm
@@ -265,20 +352,111 @@ class PerformanceOptimizer:
         else:
             run_sync(self.aclose)
 
-    # -- analysis and tuning --------------------------------------------------------------
+    # -- checks, analysis and metrics -----------------------------------------------------
+
+    async def check_backends(self) -> dict[str, dict[str, Any]]:
+        """Ping every configured backend for real (a cache lookup, ``SELECT 1``).
+
+        Returns:
+            ``{"cache": {...}, "database": {...}}``, each with ``configured``, ``ok``,
+            ``backend``, ``latency_ms`` and ``error`` (a message without credentials).
+        """
+        checks = {"cache": await ping_cache(self._raw("cache"))}
+        if self.settings.database.url:
+            checks["database"] = await ping_database(self._raw("database"))
+        else:
+            checks["database"] = {
+                "configured": False,
+                "ok": True,
+                "backend": None,
+                "latency_ms": None,
+                "error": None,
+            }
+        return checks
+
+    async def status(self) -> dict[str, Any]:
+        """What ``leadperf status`` and ``GET /status`` show: host and process figures,
+        container memory when limited, each backend's check, the profile, and ``ok``
+        (False when a configured backend is down)."""
+        snap = await self.monitor.sample_async()
+        container = await anyio.to_thread.run_sync(cgroup_memory)
+        backends = await self.check_backends()
+        return {
+            "ok": all(b["ok"] for b in backends.values()),
+            "profile": self.settings.profile,
+            "timestamp": snap.timestamp,
+            "cpu_percent": snap.cpu_percent,
+            "memory": {
+                "percent": snap.memory_percent,
+                "used_mb": snap.memory_used_mb,
+                "available_mb": snap.memory_available_mb,
+                "container_used_mb": None if container is None else round(container[0] / 2**20, 1),
+                "container_limit_mb": None if container is None else round(container[1] / 2**20, 1),
+            },
+            "process": {
+                "rss_mb": snap.process_rss_mb,
+                "threads": snap.process_threads,
+                "children": snap.children,
+                "children_rss_mb": snap.children_rss_mb,
+            },
+            "backends": backends,
+        }
+
+    async def metrics(self) -> dict[str, dict[str, float]]:
+        """Every registered source's numbers, with a fresh system sample."""
+        monitor = self._raw("monitor")
+        await monitor.sample_async()
+        self.registry.register("system", monitor.latest_or_sample)
+        if "memory" in self._parts:
+            self.registry.register("memory", self._parts["memory"].stats)
+        return self.registry.collect()
+
+    async def metrics_prometheus(self) -> str:
+        """:meth:`metrics` as Prometheus text exposition (via ``prometheus_client``)."""
+        await self.metrics()
+        return self.registry.to_prometheus()
+
+    async def recommendations(self, *, indexes: bool = True) -> list[Recommendation]:
+        """Recommendations from every built part's stats; with ``indexes``, also table and
+        index advice from PostgreSQL's statistics when a database is in use."""
+        snapshot = await self.monitor.sample_async()
+        parts = dict(self._parts)
+
+        def stats(name: str) -> Any:
+            part = parts.get(name)
+            return part.stats() if part is not None else None
+
+        tables: list[Any] = []
+        index_rows: list[Any] = []
+        if indexes and "database" in parts and not parts["database"].closed:
+            try:
+                tables, index_rows = await table_usage(parts["database"])
+            except Exception as exc:  # advice must not fail the analysis
+                log.warning("could not read table statistics: %s", type(exc).__name__)
+        return recommend(
+            self.settings,
+            system=snapshot,
+            cache=self._raw("cache").stats(),
+            scraper=stats("scraper"),
+            chrome=stats("chrome"),
+            database=stats("database"),
+            tasks=stats("tasks"),
+            memory=stats("memory"),
+            tables=tables,
+            indexes=index_rows,
+        )
 
     async def run_performance_analysis(self) -> dict[str, Any]:
         """Sample the system and every built part; return numbers and recommendations.
 
         Keys: ``timestamp``, ``profile``, ``system``, ``cache_performance`` (with
         ``hit_rate`` in [0, 1]), ``scraper_performance``, ``chrome_pool``, ``database``,
-        ``resources``, ``recommendations`` (list of dicts) and ``metrics`` (every
-        registered source, flattened).
+        ``resources``, ``tasks``, ``memory``, ``recommendations`` (list of dicts) and
+        ``metrics`` (every registered source, flattened).
         """
         if self._state is _State.CLOSED:
             raise ClosedError("this PerformanceOptimizer is closed; create a new one")
-        snapshot = await self.monitor.sample_async()
-        cache_stats = self.cache.stats()
+        recommendations = await self.recommendations()
         parts = dict(self._parts)
 
         def part_stats(name: str) -> dict[str, Any] | None:
@@ -291,23 +469,33 @@ class PerformanceOptimizer:
         analysis: dict[str, Any] = {
             "timestamp": time.time(),
             "profile": self.settings.profile,
-            "system": _jsonable(snapshot),
-            "cache_performance": _jsonable(cache_stats),
+            "system": _jsonable(self._raw("monitor").latest_or_sample()),
+            "cache_performance": _jsonable(self._raw("cache").stats()),
             "scraper_performance": part_stats("scraper"),
             "chrome_pool": part_stats("chrome"),
             "database": part_stats("database"),
             "resources": part_stats("resources"),
+            "tasks": part_stats("tasks"),
+            "memory": part_stats("memory"),
+            "recommendations": [r.as_dict() for r in recommendations],
         }
-        analysis["recommendations"] = [r.as_dict() for r in recommend(analysis, self.settings)]
-        analysis["metrics"] = self.registry.collect()
+        analysis["metrics"] = await self.metrics()
         return analysis
 
-    async def apply_optimizations(self, profile: str = "balanced") -> dict[str, Any]:
-        """Switch to ``profile``: new settings, GC thresholds, and live limits where parts
-        support changing them. Parts not yet built pick the new settings up when built.
+    # -- tuning ---------------------------------------------------------------------------
 
-        Returns ``profile_applied``, ``previous_profile``, ``changes`` (``section.key`` ->
-        ``[old, new]``), ``applied_live`` and ``gc_thresholds``.
+    async def apply_optimizations(self, profile: str = "balanced") -> dict[str, Any]:
+        """Switch to ``profile``: new settings, GC thresholds, and live limits on the parts
+        already open. Parts not yet built pick the new settings up when built.
+
+        Returns:
+            ``profile_applied``, ``previous_profile``, ``changes`` (``section.key`` ->
+            ``[old, new]``), ``parts`` (per open part: ``live`` and ``on_reopen`` changes),
+            ``applied_live`` (parts changed live), ``gc_thresholds`` and
+            ``previous_gc_thresholds``.
+
+        Raises:
+            ConfigError: unknown profile (the message names the three).
         """
         if self._state is _State.CLOSED:
             raise ClosedError("this PerformanceOptimizer is closed; create a new one")
@@ -315,30 +503,46 @@ class PerformanceOptimizer:
         old = self.settings
         new = chosen.settings(old)
         changes: dict[str, list[Any]] = {}
-        for section in ("cache", "database", "monitoring", "scraper", "chrome", "resources"):
+        for section in (
+            "cache",
+            "database",
+            "monitoring",
+            "scraper",
+            "chrome",
+            "resources",
+            "memory",
+            "tasks",
+        ):
             before, after = getattr(old, section), getattr(new, section)
             for field in attrs.fields(type(before)):
                 a, b = getattr(before, field.name), getattr(after, field.name)
                 if a != b and "url" not in field.name:
                     changes[f"{section}.{field.name}"] = [a, b]
         self.settings = new
-        applied_live: list[str] = []
-        for name, part in list(self._parts.items()):
-            apply = getattr(part, "apply_settings", None)
-            if callable(apply):
-                result = apply(new)
-                if hasattr(result, "__await__"):
-                    await result
-                applied_live.append(name)
+        report = await apply_to_parts(dict(self._parts), old, new)
         previous_gc = chosen.apply_gc()
         return {
             "profile_applied": chosen.name,
             "previous_profile": old.profile,
             "changes": changes,
-            "applied_live": sorted(applied_live),
+            "parts": report,
+            "applied_live": sorted(name for name, r in report.items() if r["live"]),
             "gc_thresholds": list(chosen.gc_thresholds),
             "previous_gc_thresholds": list(previous_gc),
         }
+
+    async def _on_memory_pressure(self, reading: MemoryReading) -> None:
+        """The memory guard's action: memory_focused, then trim caches and the pool."""
+        if self.settings.profile != "memory_focused":
+            await self.apply_optimizations("memory_focused")
+        trimmed = await trim_parts(dict(self._parts))
+        collected = await anyio.to_thread.run_sync(gc.collect)
+        log.warning(
+            "memory guard at %.0f%%: trimmed %s; the collector freed %d objects",
+            reading.ratio * 100,
+            ", ".join(f"{k}={v}" for k, v in trimmed.items()) or "nothing",
+            collected,
+        )
 
     def run_performance_analysis_sync(self) -> dict[str, Any]:
         """Blocking :meth:`run_performance_analysis`; works inside a running event loop."""
@@ -347,6 +551,10 @@ class PerformanceOptimizer:
     def apply_optimizations_sync(self, profile: str = "balanced") -> dict[str, Any]:
         """Blocking :meth:`apply_optimizations`; works inside a running event loop."""
         return run_sync(self.apply_optimizations, profile)
+
+    def status_sync(self) -> dict[str, Any]:
+        """Blocking :meth:`status`."""
+        return run_sync(self.status)
 
     @staticmethod
     def profiles() -> list[str]:

@@ -1,0 +1,186 @@
+"""How the facade reaches its parts: closing them, pinging their backends, trimming them
+under memory pressure, and calling them from sync code or from another event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from .._portal import get_portal, run_sync
+from ..errors import LeadperfError
+
+__all__ = [
+    "Blocking",
+    "close_part",
+    "forward_if_foreign_loop",
+    "ping_cache",
+    "ping_database",
+    "trim_parts",
+]
+
+_PING_KEY = "leadperf-health-ping"
+_CHECK_TIMEOUT = 5.0
+
+
+async def close_part(name: str, part: Any, *, entered: bool) -> None:
+    if name == "monitor":
+        await part.stop()
+    elif entered:
+        await part.__aexit__(None, None, None)
+    elif callable(getattr(part, "aclose", None)):
+        await part.aclose()
+    elif callable(getattr(part, "close", None)):
+        result = part.close()
+        if hasattr(result, "__await__"):
+            await result
+
+
+def _cache_tiers(cache: Any) -> list[Any]:
+    tiers = [t for t in (getattr(cache, "local", None), getattr(cache, "remote", None)) if t]
+    return tiers or [cache]
+
+
+def _backend_name(cache: Any) -> str:
+    return "+".join(str(getattr(t, "scheme", type(t).__name__)) for t in _cache_tiers(cache))
+
+
+async def ping_cache(cache: Any) -> dict[str, Any]:
+    """A lookup on every tier; failed when it times out or the tier counts a new error
+    (caches swallow server errors into their ``errors`` counter by default)."""
+    started = time.perf_counter()
+    error: str | None = None
+    for tier in _cache_tiers(cache):
+        before = tier.stats().errors
+        with anyio.move_on_after(_CHECK_TIMEOUT) as scope:
+            await tier.exists(_PING_KEY)
+        if scope.cancelled_caught:
+            error = f"{tier.scheme} cache did not answer within {_CHECK_TIMEOUT:g}s"
+        elif tier.stats().errors > before:
+            error = f"{tier.scheme} cache cannot reach its server"
+        if error:
+            break
+    return {
+        "configured": True,
+        "ok": error is None,
+        "backend": _backend_name(cache),
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "error": error,
+    }
+
+
+async def ping_database(db: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        with anyio.fail_after(_CHECK_TIMEOUT):
+            await db.fetch("SELECT 1 AS ok")
+    except TimeoutError:
+        error = f"postgresql did not answer within {_CHECK_TIMEOUT:g}s"
+    except LeadperfError as exc:  # leadperf's database errors carry no credentials
+        error = str(exc)
+    return {
+        "configured": True,
+        "ok": error is None,
+        "backend": "postgresql",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "error": error,
+    }
+
+
+async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:
+    """Shrink what the memory guard can: parts' own ``trim()`` where they have one, else
+    an in-process cache tier over its (new, smaller) bound is emptied."""
+    trimmed: dict[str, Any] = {}
+    for name in ("cache", "chrome"):
+        part = parts.get(name)
+        if part is None:
+            continue
+        trim = getattr(part, "trim", None)
+        if callable(trim):
+            result = trim()
+            trimmed[name] = await result if hasattr(result, "__await__") else result
+            continue
+        if name == "cache":
+            for tier in _cache_tiers(part):
+                size = tier.stats().size
+                bound = getattr(tier, "max_size", None)
+                if tier.scheme == "memory" and size is not None and bound and size > bound:
+                    trimmed["cache"] = await tier.clear()
+    return trimmed
+
+
+class Blocking:
+    """Blocking front of one part: coroutine methods run on the shared portal's loop."""
+
+    def __init__(self, part: Any, name: str) -> None:
+        self._part = part
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<blocking {self._name}: {self._part!r}>"
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._part, attr)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        @functools.wraps(value)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run_sync(functools.partial(value, *args, **kwargs))
+
+        return call
+
+
+_portal_thread: int | None = None
+
+
+def _portal_thread_id() -> int:
+    global _portal_thread
+    if _portal_thread is None:
+        try:
+            _portal_thread = get_portal().call(threading.get_ident)
+        except RuntimeError:  # anyio refuses portal calls from the portal's own thread
+            _portal_thread = threading.get_ident()
+    return _portal_thread
+
+
+def forward_if_foreign_loop(part: Any) -> Any:
+    """The part itself, unless the caller runs on another event loop than the portal's:
+    then a forwarder whose coroutine methods run on the portal loop (a notebook cell
+    awaiting a part of a sync ``with`` block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return part  # plain sync code: nothing to await here
+    if threading.get_ident() == _portal_thread_id():
+        return part
+    return _Forwarder(part)
+
+
+class _Forwarder:
+    """Awaitable front of a part living on the portal loop, for callers on another loop."""
+
+    def __init__(self, part: Any) -> None:
+        self._part = part
+
+    def __repr__(self) -> str:
+        return repr(self._part)
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._part, attr)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        @functools.wraps(value)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            portal = get_portal()
+            job = functools.partial(value, *args, **kwargs)
+            return await anyio.to_thread.run_sync(portal.call, job)
+
+        return call
