@@ -21,9 +21,18 @@ from typing import Any
 import brotli
 import pytest
 
-from leadperf import AsyncScraper, ConfigError
+from leadperf import AsyncScraper
+from leadperf._scrape._engine import Response
 from leadperf._scrape._native import NativeEngine
-from leadperf.errors import InvalidURLError, ScrapeConnectionError, ScrapeTimeoutError
+from leadperf._scrape._request import Request, encode_body
+from leadperf.errors import (
+    InvalidResponseError,
+    InvalidURLError,
+    ScrapeConnectionError,
+    ScrapeTimeoutError,
+    TooManyRedirectsError,
+    UnsafeRequestError,
+)
 
 BODY = b"<html>" + b"lead " * 2000 + b"</html>"
 
@@ -173,6 +182,36 @@ def _response(status: int, body: bytes, *, ctype: str = "text/html", extra: str 
     return (head + extra + "\r\n").encode() + body
 
 
+async def send(
+    engine: NativeEngine,
+    method: str,
+    url: str,
+    *,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    content: bytes | str | None = None,
+    data: dict[str, Any] | None = None,
+    json: Any = None,
+    timeout: float = 5.0,
+    follow_redirects: bool = True,
+) -> Response:
+    """One request through the engine, its body encoded as the scraper encodes it."""
+    body, content_type = encode_body(content, data, json)
+    pairs = list((headers or {}).items())
+    if content_type is not None:
+        pairs.append(("Content-Type", content_type))
+    request = Request(
+        method,
+        url,
+        timeout,
+        params=params,
+        headers=tuple(pairs),
+        content=body,
+        follow_redirects=follow_redirects,
+    )
+    return await engine.request(request)
+
+
 async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     """Wait for the server side to notice closed connections (it runs on this loop)."""
     deadline = asyncio.get_running_loop().time() + seconds
@@ -199,7 +238,7 @@ async def engine() -> AsyncIterator[NativeEngine]:
 @pytest.mark.anyio
 async def test_keep_alive_reuses_one_connection(raw: RawServer, engine: NativeEngine) -> None:
     for _ in range(20):
-        response = await engine.request("GET", raw.url("/page"))
+        response = await send(engine, "GET", raw.url("/page"))
         assert response.status_code == 200
         assert response.content == BODY
     assert raw.connections == 1
@@ -210,7 +249,7 @@ async def test_keep_alive_reuses_one_connection(raw: RawServer, engine: NativeEn
 
 @pytest.mark.anyio
 async def test_request_line_and_default_headers(raw: RawServer, engine: NativeEngine) -> None:
-    response = await engine.request("GET", raw.url("/echo?a=1"), params={"b": ["2", "3"]})
+    response = await send(engine, "GET", raw.url("/echo?a=1"), params={"b": ["2", "3"]})
     seen = response.json()
     assert seen["method"] == "GET"
     assert seen["target"] == "/echo?a=1&b=2&b=3"
@@ -224,22 +263,22 @@ async def test_request_line_and_default_headers(raw: RawServer, engine: NativeEn
 async def test_bodies_and_header_override(raw: RawServer) -> None:
     eng = NativeEngine(max_connections=2, timeout=5.0, headers={"User-Agent": "lead-bot/1"})
     try:
-        form = (await eng.request("POST", raw.url("/echo"), data={"q": "a b"})).json()
+        form = (await send(eng, "POST", raw.url("/echo"), data={"q": "a b"})).json()
         assert form["body"] == "q=a+b"
         assert form["headers"]["content-type"] == "application/x-www-form-urlencoded"
         assert form["headers"]["user-agent"] == "lead-bot/1"
-        sent = (await eng.request("PUT", raw.url("/echo"), json={"id": 7})).json()
+        sent = (await send(eng, "PUT", raw.url("/echo"), json={"id": 7})).json()
         assert sent["method"] == "PUT"
         assert json.loads(sent["body"]) == {"id": 7}
         assert sent["headers"]["content-type"] == "application/json"
         text = (
-            await eng.request("POST", raw.url("/echo"), content="héllo", headers={"X-A": "1"})
+            await send(eng, "POST", raw.url("/echo"), content="héllo", headers={"X-A": "1"})
         ).json()
         assert text["body"] == "héllo"
         assert text["headers"]["x-a"] == "1"
         assert text["headers"]["content-length"] == str(len("héllo".encode()))
         assert text["headers"]["user-agent"] == "lead-bot/1"
-        empty = (await eng.request("POST", raw.url("/echo"))).json()
+        empty = (await send(eng, "POST", raw.url("/echo"))).json()
         assert empty["headers"]["content-length"] == "0"
     finally:
         await eng.aclose()
@@ -247,12 +286,12 @@ async def test_bodies_and_header_override(raw: RawServer) -> None:
 
 @pytest.mark.anyio
 async def test_a_host_header_replaces_the_urls(raw: RawServer, engine: NativeEngine) -> None:
-    response = await engine.request("GET", raw.url("/echo"), headers={"host": "leads.example"})
+    response = await send(engine, "GET", raw.url("/echo"), headers={"host": "leads.example"})
     assert response.json()["headers"]["host"] == "leads.example"
     assert raw.requests[-1]["host_lines"] == 1
     raw_eng = NativeEngine(max_connections=1, timeout=5.0, headers={"HOST": "other.example"})
     try:
-        seen = (await raw_eng.request("GET", raw.url("/echo"))).json()
+        seen = (await send(raw_eng, "GET", raw.url("/echo"))).json()
     finally:
         await raw_eng.aclose()
     assert seen["headers"]["host"] == "other.example"
@@ -262,7 +301,7 @@ async def test_a_host_header_replaces_the_urls(raw: RawServer, engine: NativeEng
 @pytest.mark.anyio
 async def test_userinfo_becomes_basic_auth(raw: RawServer, engine: NativeEngine) -> None:
     url = raw.url("/echo").replace("http://", "http://ada:s%40cret@")
-    seen = (await engine.request("GET", url)).json()
+    seen = (await send(engine, "GET", url)).json()
     assert seen["headers"]["authorization"] == "Basic YWRhOnNAY3JldA=="  # ada:s@cret
 
 
@@ -271,67 +310,67 @@ async def test_userinfo_becomes_basic_auth(raw: RawServer, engine: NativeEngine)
 async def test_compressed_bodies_are_decoded(
     raw: RawServer, engine: NativeEngine, path: str
 ) -> None:
-    response = await engine.request("GET", raw.url(path))
+    response = await send(engine, "GET", raw.url(path))
     assert response.content == BODY
 
 
 @pytest.mark.anyio
 async def test_chunked_bodies(raw: RawServer, engine: NativeEngine) -> None:
-    small = await engine.request("GET", raw.url("/chunked"))
+    small = await send(engine, "GET", raw.url("/chunked"))
     assert small.content == b"lead " + b"x" * 5000
-    big = await engine.request("GET", raw.url("/bigchunked"))
+    big = await send(engine, "GET", raw.url("/bigchunked"))
     assert len(big.content) == 256 * 4096
     assert big.content[:4096] == b"A" * 4096
     assert big.content[-4096:] == bytes([65 + 255 % 26]) * 4096
     # Framing was consumed exactly: the same connection serves the next request.
-    assert (await engine.request("GET", raw.url("/page"))).content == BODY
+    assert (await send(engine, "GET", raw.url("/page"))).content == BODY
     assert raw.connections == 1
 
 
 @pytest.mark.anyio
 async def test_large_body_over_many_reads(raw: RawServer, engine: NativeEngine) -> None:
-    response = await engine.request("GET", raw.url("/big"))
+    response = await send(engine, "GET", raw.url("/big"))
     assert response.content == bytes(range(256)) * 8192
 
 
 @pytest.mark.anyio
 async def test_connection_close_and_http10(raw: RawServer, engine: NativeEngine) -> None:
-    assert (await engine.request("GET", raw.url("/close"))).content == b"closing"
-    old = await engine.request("GET", raw.url("/http10"))  # body runs until the close
+    assert (await send(engine, "GET", raw.url("/close"))).content == b"closing"
+    old = await send(engine, "GET", raw.url("/http10"))  # body runs until the close
     assert old.content == BODY
     assert old.headers["content-type"] == "text/plain"
-    assert (await engine.request("GET", raw.url("/page"))).status_code == 200
+    assert (await send(engine, "GET", raw.url("/page"))).status_code == 200
     assert raw.connections == 3  # neither closed connection was reused
 
 
 @pytest.mark.anyio
 async def test_interim_no_content_and_head(raw: RawServer, engine: NativeEngine) -> None:
-    assert (await engine.request("GET", raw.url("/continue"))).content == b"after interim"
-    nothing = await engine.request("GET", raw.url("/nocontent"))
+    assert (await send(engine, "GET", raw.url("/continue"))).content == b"after interim"
+    nothing = await send(engine, "GET", raw.url("/nocontent"))
     assert nothing.status_code == 204
     assert nothing.content == b""
-    head = await engine.request("HEAD", raw.url("/headlen"))
+    head = await send(engine, "HEAD", raw.url("/headlen"))
     assert head.status_code == 200
     assert head.content == b""
     assert head.headers["content-length"] == "12345"
-    assert (await engine.request("GET", raw.url("/page"))).content == BODY
+    assert (await send(engine, "GET", raw.url("/page"))).content == BODY
     assert raw.connections == 1
 
 
 @pytest.mark.anyio
 async def test_redirects(raw: RawServer, engine: NativeEngine) -> None:
-    see_other = await engine.request("POST", raw.url("/redirect/303?to=/echo"), content=b"x")
+    see_other = await send(engine, "POST", raw.url("/redirect/303?to=/echo"), content=b"x")
     assert see_other.url == raw.url("/echo")
     assert see_other.json()["method"] == "GET"
     assert see_other.json()["body"] == ""
-    keep = await engine.request("POST", raw.url("/redirect/307?to=/echo"), content=b"abc")
+    keep = await send(engine, "POST", raw.url("/redirect/307?to=/echo"), content=b"abc")
     assert keep.json()["method"] == "POST"
     assert keep.json()["body"] == "abc"
-    stay = await engine.request("GET", raw.url("/redirect/302?to=/echo"), follow_redirects=False)
+    stay = await send(engine, "GET", raw.url("/redirect/302?to=/echo"), follow_redirects=False)
     assert stay.status_code == 302
     assert stay.headers["location"] == "/echo"
-    with pytest.raises(ScrapeConnectionError, match="more than 20 redirects"):
-        await engine.request("GET", raw.url("/loop"))
+    with pytest.raises(TooManyRedirectsError, match="more than 20 redirects"):
+        await send(engine, "GET", raw.url("/loop"))
     assert sum(r["target"] == "/loop" for r in raw.requests) == 21
 
 
@@ -343,8 +382,8 @@ async def test_cross_origin_redirect_drops_credentials(
     await other.start()
     try:
         to = other.url("/echo")
-        response = await engine.request(
-            "GET", raw.url(f"/redirect/302?to={to}"), headers={"Authorization": "Bearer t"}
+        response = await send(
+            engine, "GET", raw.url(f"/redirect/302?to={to}"), headers={"Authorization": "Bearer t"}
         )
         assert response.url == to
         assert "authorization" not in response.json()["headers"]
@@ -352,7 +391,7 @@ async def test_cross_origin_redirect_drops_credentials(
         # Engine-wide credentials stay on their origin too.
         eng = NativeEngine(max_connections=2, timeout=5.0, headers={"Authorization": "Bearer e"})
         try:
-            moved = await eng.request("GET", raw.url(f"/redirect/302?to={to}"))
+            moved = await send(eng, "GET", raw.url(f"/redirect/302?to={to}"))
         finally:
             await eng.aclose()
         assert moved.url == to
@@ -368,12 +407,12 @@ async def test_stale_keep_alive_connection_is_retried_once(
     # The server answers, then closes the connection without saying so; the engine's next
     # request may already be on its way on that connection and must be resent on a new one.
     for _ in range(5):
-        assert (await engine.request("GET", raw.url("/answer-then-forget"))).content == b"first"
+        assert (await send(engine, "GET", raw.url("/answer-then-forget"))).content == b"first"
     assert raw.connections == 5
     # A reused connection that dies before any answer is retried once; a fresh one is not.
-    await engine.request("GET", raw.url("/page"))
+    await send(engine, "GET", raw.url("/page"))
     with pytest.raises(ScrapeConnectionError, match="closed the connection"):
-        await engine.request("GET", raw.url("/drop"))
+        await send(engine, "GET", raw.url("/drop"))
     drops = [r for r in raw.requests if r["target"] == "/drop"]
     assert len(drops) == 2
     assert drops[0]["connection"] != drops[1]["connection"]
@@ -383,9 +422,9 @@ async def test_stale_keep_alive_connection_is_retried_once(
 async def test_post_is_not_resent_on_a_dead_connection(
     raw: RawServer, engine: NativeEngine
 ) -> None:
-    await engine.request("GET", raw.url("/page"))
+    await send(engine, "GET", raw.url("/page"))
     with pytest.raises(ScrapeConnectionError):
-        await engine.request("POST", raw.url("/drop"), content=b"order")
+        await send(engine, "POST", raw.url("/drop"), content=b"order")
     assert sum(r["target"] == "/drop" for r in raw.requests) == 1
 
 
@@ -394,7 +433,7 @@ async def test_max_connections_is_a_hard_cap(raw: RawServer) -> None:
     eng = NativeEngine(max_connections=3, timeout=5.0, headers=None)
     try:
         results = await asyncio.gather(
-            *(eng.request("GET", raw.url("/wait?s=0.05")) for _ in range(12))
+            *(send(eng, "GET", raw.url("/wait?s=0.05")) for _ in range(12))
         )
     finally:
         await eng.aclose()
@@ -409,9 +448,9 @@ async def test_cap_is_shared_across_origins(raw: RawServer) -> None:
     await other.start()
     eng = NativeEngine(max_connections=2, timeout=5.0, headers=None)
     try:
-        await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(4)))
+        await asyncio.gather(*(send(eng, "GET", raw.url("/wait?s=0.02")) for _ in range(4)))
         # Both connections idle on the first origin; the second origin evicts them.
-        await asyncio.gather(*(eng.request("GET", other.url("/wait?s=0.02")) for _ in range(4)))
+        await asyncio.gather(*(send(eng, "GET", other.url("/wait?s=0.02")) for _ in range(4)))
         # Only origins that hold idle connections are remembered (no trail of past hosts).
         assert [port for _, _, port in eng._pool.idle] == [other.port]
         assert eng._pool.count == 2
@@ -429,21 +468,21 @@ async def test_timeouts_and_failures_are_typed(raw: RawServer) -> None:
     eng = NativeEngine(max_connections=2, timeout=0.3, headers=None)
     try:
         with pytest.raises(ScrapeTimeoutError, match=r"within 0\.3 s"):
-            await eng.request("GET", raw.url("/hang"))
+            await send(eng, "GET", raw.url("/hang"), timeout=0.3)
         with pytest.raises(ScrapeTimeoutError, match=r"within 0\.1 s"):
-            await eng.request("GET", raw.url("/hang"), timeout=0.1)
-        with pytest.raises(ScrapeConnectionError, match="not an HTTP"):
-            await eng.request("GET", raw.url("/garbage"))
-        with pytest.raises(ScrapeConnectionError, match="Content-Encoding"):
-            await eng.request("GET", raw.url("/badgzip"))
+            await send(eng, "GET", raw.url("/hang"), timeout=0.1)
+        with pytest.raises(InvalidResponseError, match="malformed response"):
+            await send(eng, "GET", raw.url("/garbage"))
+        with pytest.raises(InvalidResponseError, match="Content-Encoding"):
+            await send(eng, "GET", raw.url("/badgzip"))
         with pytest.raises(InvalidURLError):
-            await eng.request("GET", "ftp://127.0.0.1/file")
+            await send(eng, "GET", "ftp://127.0.0.1/file")
         with pytest.raises(InvalidURLError):
-            await eng.request("GET", "http://127.0.0.1:99999/")
-        with pytest.raises(ConfigError, match="CR, LF"):
-            await eng.request("GET", raw.url("/echo"), headers={"X-Evil": "a\r\nInjected: 1"})
+            await send(eng, "GET", "http://127.0.0.1:99999/")
+        with pytest.raises(UnsafeRequestError, match="control characters"):
+            await send(eng, "GET", raw.url("/echo"), headers={"X-Evil": "a\r\nInjected: 1"})
         # After all that, the engine still works and the hung connections were dropped.
-        assert (await eng.request("GET", raw.url("/page"))).content == BODY
+        assert (await send(eng, "GET", raw.url("/page"))).content == BODY
     finally:
         await eng.aclose()
     assert not any("injected" in r["headers"] for r in raw.requests)
@@ -459,7 +498,7 @@ async def test_refused_connection() -> None:
         eng = NativeEngine(max_connections=2, timeout=2.0, headers=None)
         try:
             with pytest.raises(ScrapeConnectionError, match="connection failed"):
-                await eng.request("GET", f"http://127.0.0.1:{port}/")
+                await send(eng, "GET", f"http://127.0.0.1:{port}/")
         finally:
             await eng.aclose()
 
@@ -467,7 +506,7 @@ async def test_refused_connection() -> None:
 @pytest.mark.anyio
 async def test_aclose_closes_every_connection(raw: RawServer) -> None:
     eng = NativeEngine(max_connections=5, timeout=5.0, headers=None)
-    await asyncio.gather(*(eng.request("GET", raw.url("/wait?s=0.02")) for _ in range(5)))
+    await asyncio.gather(*(send(eng, "GET", raw.url("/wait?s=0.02")) for _ in range(5)))
     assert raw.open == 5
     await eng.aclose()
     await _until(lambda: raw.open == 0)
@@ -489,7 +528,7 @@ async def test_scraper_on_native_engine_end_to_end(raw: RawServer) -> None:
 
 @pytest.mark.anyio
 async def test_fast_url_path_matches_the_full_parse(engine: NativeEngine) -> None:
-    from leadperf._scrape._native import _parse_url
+    from leadperf._scrape._native._wire import parse_url as _parse_url
 
     urls = [
         "http://127.0.0.1:8080/page/x?a=1#frag",
@@ -554,14 +593,14 @@ async def test_https_verifies_the_certificate(
         untrusting = NativeEngine(max_connections=2, timeout=5.0, headers=None)
         try:
             with pytest.raises(ScrapeConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
-                await untrusting.request("GET", url)
+                await send(untrusting, "GET", url)
         finally:
             await untrusting.aclose()
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default context trusts it now
         trusting = NativeEngine(max_connections=2, timeout=5.0, headers=None)
         try:
             for _ in range(3):
-                assert (await trusting.request("GET", url)).content == BODY
+                assert (await send(trusting, "GET", url)).content == BODY
         finally:
             await trusting.aclose()
         assert server.served_on[server.connections] == 3  # one TLS connection, kept alive
@@ -587,13 +626,13 @@ async def test_host_names_are_looked_up_once_and_the_working_address_kept(
     try:
         # The server listens on 127.0.0.1 only; "localhost" may answer ::1 first.
         url = f"http://localhost:{raw.port}/wait?s=0.02"
-        results = await asyncio.gather(*(eng.request("GET", url) for _ in range(8)))
+        results = await asyncio.gather(*(send(eng, "GET", url) for _ in range(8)))
         assert all(r.content == b"waited" for r in results)
         assert raw.connections == 8
         assert lookups == ["localhost"]  # 8 connections opened at once, one lookup
         cached = eng._pool.dns._cache[("localhost", raw.port)][1]
         assert cached[0] == (socket.AF_INET, "127.0.0.1")  # the address that worked
-        seen = (await eng.request("GET", f"http://localhost:{raw.port}/echo")).json()
+        seen = (await send(eng, "GET", f"http://localhost:{raw.port}/echo")).json()
         assert seen["headers"]["host"] == f"localhost:{raw.port}"
     finally:
         await eng.aclose()
@@ -630,13 +669,13 @@ async def test_interoperates_with_the_standard_library_server() -> None:
     eng = NativeEngine(max_connections=4, timeout=5.0, headers=None)
     try:
         for i in range(10):
-            response = await eng.request("GET", f"{base}/lead/{i}")
+            response = await send(eng, "GET", f"{base}/lead/{i}")
             assert response.content == f"lead /lead/{i}".encode()
         assert len(peers) == 1  # ten requests, one kept-alive connection
-        missing = await eng.request("GET", f"{base}/missing")
+        missing = await send(eng, "GET", f"{base}/missing")
         assert missing.status_code == 404
         assert b"no such lead" in missing.content
-        assert (await eng.request("GET", f"{base}/after")).content == b"lead /after"
+        assert (await send(eng, "GET", f"{base}/after")).content == b"lead /after"
     finally:
         await eng.aclose()
         httpd.shutdown()
@@ -646,9 +685,9 @@ async def test_interoperates_with_the_standard_library_server() -> None:
 @pytest.mark.anyio
 async def test_closing_fails_requests_waiting_for_a_connection(raw: RawServer) -> None:
     eng = NativeEngine(max_connections=1, timeout=2.0, headers=None)
-    busy = asyncio.ensure_future(eng.request("GET", raw.url("/wait?s=0.8")))
+    busy = asyncio.ensure_future(send(eng, "GET", raw.url("/wait?s=0.8")))
     await _until(lambda: raw.open == 1)
-    waiting = asyncio.ensure_future(eng.request("GET", raw.url("/page")))
+    waiting = asyncio.ensure_future(send(eng, "GET", raw.url("/page")))
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
     await eng.aclose()
