@@ -35,7 +35,7 @@ import psutil
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from leadperf._chrome_instance import DEFAULT_ISOLATION, ISOLATION_MODES, build_options
+from leadperf._chrome.options import DEFAULT_ISOLATION, ISOLATION_MODES, build_options
 from leadperf.pool import ChromePool
 
 RUNS = 10
@@ -206,7 +206,7 @@ def main() -> None:
             # The tab reset alone (what release does after its cheap checks), 10 times.
             cpu_before = tree_cpu(pool)
             for _ in range(RUNS):
-                pool._instances[0].prepare_tab()
+                pool._instances[0].instance.prepare_tab()
             cpu_reset = (tree_cpu(pool) - cpu_before) / RUNS
             load(driver)
 
@@ -218,7 +218,7 @@ def main() -> None:
             cpu_before = tree_cpu(pool)
             nav = median_of(navigate)
             cpu_nav = (tree_cpu(pool) - cpu_before) / RUNS
-            pool._instances[0].sample_memory()
+            pool._instances[0].instance.sample_memory()
             inst = pool.stats().instances[0]
         stats = pool.stats()
 

@@ -141,7 +141,7 @@ def headless_chrome(user_data_dir: Path) -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from leadperf._chrome_instance import build_options
+    from leadperf._chrome.options import build_options
 
     binary, driver_path = chrome_paths()
     # The pool's own launch flags, so screenshots come from the browser the pool runs.

@@ -19,8 +19,8 @@ import anyio.to_thread
 import psutil
 import pytest
 
-from leadperf._chrome_instance import DISABLED_FEATURES, REQUIRED_FLAGS, SHARED_RENDERER_FLAGS
-from leadperf._chrome_ports import release_port, reserve_port
+from leadperf._chrome.options import DISABLED_FEATURES, REQUIRED_FLAGS, SHARED_RENDERER_FLAGS
+from leadperf._chrome.ports import release_port, reserve_port
 from leadperf.errors import (
     BrowserCrashedError,
     ClosedError,
@@ -761,7 +761,7 @@ def test_user_disable_features_are_merged_with_the_pools() -> None:
     pytest.importorskip("selenium")
     from selenium import webdriver
 
-    from leadperf._chrome_instance import build_options
+    from leadperf._chrome.options import build_options
 
     base = webdriver.ChromeOptions()
     base.add_argument("--disable-features=Translate")

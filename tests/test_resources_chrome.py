@@ -68,7 +68,7 @@ def screenshot(chrome_paths: tuple[str, str], page_url: str) -> Iterator[bytes]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from leadperf._chrome_instance import build_options
+    from leadperf._chrome.options import build_options
 
     binary, driver_path = chrome_paths
     with tempfile.TemporaryDirectory() as profile:

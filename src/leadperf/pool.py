@@ -13,7 +13,12 @@ so ``acquire`` costs milliseconds. Idle instances are reaped after ``idle_timeou
 instances are recycled after ``max_tasks_per_instance`` tasks or above ``max_memory_mb``
 (PSS of the process tree); a dead or hung browser is killed and replaced, and the task
 holding it gets :class:`~leadperf.errors.BrowserCrashedError`. ``close()`` leaves no
-chromedriver or Chrome process behind; an ``atexit`` guard closes pools the host forgot.
+chromedriver or Chrome process or temp dir behind; an ``atexit`` guard closes pools the
+host forgot, SIGTERM and SIGHUP close every pool before the host's own handler runs, and on
+Linux browsers die with the host however it ends, SIGKILL included (``_chrome/hostdeath``).
+
+The pool owns lending (which instance is busy, for whom, how many tasks it served, when
+it was last used); the instances, their processes and isolation live in ``_chrome/``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,11 @@ import atexit
 import contextlib
 import functools
 import logging
-import os
-import shutil
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,19 +39,17 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._chrome_instance import (
-    DEFAULT_ISOLATION,
-    ISOLATION_MODES,
-    ChromeInstance,
-    InstanceBroken,
-    owned_flag_in,
-)
+from ._chrome.config import resolve
+from ._chrome.devtools import InstanceBroken
+from ._chrome.hostdeath import install_signal_handlers
+from ._chrome.instance import ChromeInstance
+from ._chrome.options import DEFAULT_ISOLATION
+from ._chrome.stats import InstanceStats, PoolStats, instance_stats, percentile
 from ._util import mask_url
 from .config import Settings
 from .errors import (
     BrowserCrashedError,
     ClosedError,
-    ConfigError,
     PoolError,
     PoolExhaustedError,
 )
@@ -60,64 +61,32 @@ _log = logging.getLogger("leadperf.pool")
 
 __all__ = ["ChromePool", "InstanceStats", "PoolStats", "get_chrome_pool", "screenshot"]
 
+# The snapshot classes are defined with the instance code; their public home is here.
+InstanceStats.__module__ = PoolStats.__module__ = __name__
+
 _LATENCY_WINDOW = 1000  # acquire latencies kept for the percentiles
 _MEMORY_SAMPLE_INTERVAL = 10.0  # seconds between memory samples of one instance
 _FRESH_S = 1.0  # an instance reset this recently is lent without a browser round trip
 
 
-@attrs.frozen
-class InstanceStats:
-    """One instance at the time of the snapshot. Remote instances have no pids or memory."""
+@attrs.define(eq=False)
+class _Slot:
+    """The pool's record of one instance: the lending state is the pool's alone."""
 
-    number: int
-    busy: bool
-    tasks: int
-    age_s: float
-    idle_s: float
-    browser_pid: int | None
-    driver_pid: int | None
-    driver_port: int | None
-    debug_port: int | None
-    context_isolation: bool
-    rss_mb: float | None
-    pss_mb: float | None
-    uss_mb: float | None
-
-
-@attrs.frozen
-class PoolStats:
-    """A snapshot of a ChromePool. ``utilization`` is ``in_use / max_size`` (0..1).
-
-    ``size`` counts running instances (``in_use + idle``; ``starting`` ones apart);
-    ``memory_mb`` is each running instance's last measured PSS in MB (None where unknown).
-    Latencies are in milliseconds over the last 1000 acquires (0.0 before any).
-    """
-
-    max_size: int
-    size: int
-    in_use: int
-    idle: int
-    starting: int
-    waiting: int
-    created: int
-    recycled: int
-    reaped: int
-    crashed: int
-    tasks: int
-    waits: int
-    timeouts: int
-    acquire_p50_ms: float
-    acquire_p95_ms: float
-    utilization: float
-    memory_mb: tuple[float | None, ...]
-    instances: tuple[InstanceStats, ...]
-    closed: bool
+    instance: ChromeInstance
+    busy: bool = False
+    tasks: int = 0
+    last_used: float = attrs.field(factory=time.monotonic)
 
 
 @attrs.define
 class _Lease:
-    instance: ChromeInstance
+    slot: _Slot
     acquired_at: float
+
+    @property
+    def instance(self) -> ChromeInstance:
+        return self.slot.instance
 
 
 class ChromePool:
@@ -157,67 +126,40 @@ class ChromePool:
     ) -> None:
         settings = settings or Settings.from_env()
         self._settings = settings
-        chrome = settings.chrome
-        self.pool_size = _positive_int(
-            "pool_size", chrome.pool_size if pool_size is None else pool_size
+        config = resolve(
+            settings,
+            pool_size=pool_size,
+            headless=headless,
+            idle_timeout=idle_timeout,
+            max_tasks_per_instance=max_tasks_per_instance,
+            max_memory_mb=max_memory_mb,
+            chrome_binary=chrome_binary,
+            driver_path=driver_path,
+            remote_url=remote_url,
+            options=options,
+            start_timeout=start_timeout,
+            op_timeout=op_timeout,
+            isolation=isolation,
         )
-        self.idle_timeout = _positive_num(
-            "idle_timeout", chrome.idle_timeout if idle_timeout is None else idle_timeout
-        )
-        self.headless = chrome.headless if headless is None else headless
-        if not isinstance(self.headless, bool):
-            raise ConfigError(f"headless: must be true or false, got {headless!r}", key="headless")
-        self.max_tasks_per_instance = (
-            None
-            if max_tasks_per_instance is None
-            else _positive_int("max_tasks_per_instance", max_tasks_per_instance)
-        )
-        self.max_memory_mb = (
-            None if max_memory_mb is None else _positive_num("max_memory_mb", max_memory_mb)
-        )
-        self.start_timeout = _positive_num("start_timeout", start_timeout)
-        self.op_timeout = _positive_num("op_timeout", op_timeout)
-        if isolation not in ISOLATION_MODES:
-            raise ConfigError(
-                f"isolation: must be 'context' or 'tab', got {isolation!r}", key="isolation"
-            )
-        self.isolation = isolation
-        if options is not None and isinstance(options, str | bytes):
-            raise ConfigError(
-                "options: pass a ChromeOptions or a list of arguments, not a string", key="options"
-            )
-        owned = owned_flag_in(options)
-        if owned is not None:
-            raise ConfigError(
-                f"options: {owned} is set by the pool for each instance; remove it", key="options"
-            )
-        self._options = options
-        self.remote_url = remote_url
-        self.chrome_binary = chrome_binary or _find_chrome()
-        self.driver_path = driver_path or shutil.which("chromedriver")
-        if remote_url is None:
-            if not self.chrome_binary:
-                raise ConfigError(
-                    "chrome_binary: no chromium or google-chrome on PATH; install Chromium "
-                    "(apt-get install chromium) or pass chrome_binary=",
-                    key="chrome_binary",
-                )
-            if not self.driver_path:
-                raise ConfigError(
-                    "driver_path: no chromedriver on PATH; install it (apt-get install "
-                    "chromium-driver) or pass driver_path=",
-                    key="driver_path",
-                )
-            for key, path in (
-                ("chrome_binary", self.chrome_binary),
-                ("driver_path", self.driver_path),
-            ):
-                if not os.path.isfile(path):
-                    raise ConfigError(f"{key}: {path} is not a file", key=key)
+        self._config = config
+        self.pool_size = config.pool_size
+        self.idle_timeout = config.idle_timeout
+        self.headless = config.headless
+        self.max_tasks_per_instance = config.max_tasks_per_instance
+        self.max_memory_mb = config.max_memory_mb
+        self.start_timeout = config.start_timeout
+        self.op_timeout = config.op_timeout
+        self.isolation = config.isolation
+        self._options = config.options
+        self.remote_url = config.remote_url
+        self.chrome_binary = config.chrome_binary
+        self.driver_path = config.driver_path
+        self._init_state()
 
+    def _init_state(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._instances: list[ChromeInstance] = []
-        self._idle: list[ChromeInstance] = []  # a stack: the warmest instance is lent first
+        self._instances: list[_Slot] = []
+        self._idle: list[_Slot] = []  # a stack: the warmest instance is lent first
         self._leases: dict[Any, _Lease] = {}
         self._starting = 0
         self._waiting = 0
@@ -233,6 +175,7 @@ class ChromePool:
         )
         self._fallback_limiters: tuple[anyio.CapacityLimiter, ...] | None = None
         _LIVE_POOLS.add(self)
+        install_signal_handlers(_kill_live_pools)
 
     def __repr__(self) -> str:
         where = f"remote_url={mask_url(self.remote_url)!r}" if self.remote_url else "local"
@@ -257,14 +200,14 @@ class ChromePool:
         started = time.monotonic()
         deadline = started + max(0.0, timeout)
         while True:
-            instance = self._checkout(task_id, deadline, timeout)
-            if instance is None:
-                instance = self._start_instance()
+            slot = self._checkout(task_id, deadline, timeout)
+            if slot is None:
+                slot = self._start_instance()
             else:
                 try:
-                    instance.check(fresh_for=_FRESH_S)
+                    slot.instance.check(fresh_for=_FRESH_S)
                 except InstanceBroken:
-                    self._discard(instance, crashed=True)
+                    self._discard(slot, crashed=True)
                     continue
             with self._cond:
                 problem: Exception
@@ -277,15 +220,15 @@ class ChromePool:
                         f"task {task_id!r} already holds a driver; release it first"
                     )
                 else:
-                    self._leases[task_id] = _Lease(instance, time.monotonic())
+                    self._leases[task_id] = _Lease(slot, time.monotonic())
                     self._latencies.append((time.monotonic() - started) * 1000.0)
-                    return instance.driver
+                    return slot.instance.driver
                 if not self._closed:
-                    instance.busy = False
-                    self._idle.append(instance)
+                    slot.busy = False
+                    self._idle.append(slot)
                     self._cond.notify()
             if self._closed:
-                instance.close()
+                slot.instance.close()
             raise problem
 
     def release(self, task_id: Any, driver: WebDriver) -> None:
@@ -306,19 +249,20 @@ class ChromePool:
                 raise PoolError(f"task {task_id!r} holds a different driver")
             del self._leases[task_id]
             self._tasks += 1
-        instance = lease.instance
-        instance.tasks += 1
+        slot = lease.slot
+        slot.tasks += 1
+        instance = slot.instance
         try:
             if not instance.processes_alive():
                 raise InstanceBroken("the browser or chromedriver process died")
-            if self._needs_recycle(instance):
-                self._discard(instance, recycled=True)
+            if self._needs_recycle(slot):
+                self._discard(slot, recycled=True)
                 return
             instance.prepare_tab()
         except InstanceBroken as exc:
             if self._closed:
                 return  # close() killed it under us: nothing to report
-            self._discard(instance, crashed=True)
+            self._discard(slot, crashed=True)
             raise BrowserCrashedError(
                 f"the browser serving task {task_id!r} crashed or hung ({exc}); it was killed "
                 "and will be replaced. Retry the task"
@@ -328,9 +272,9 @@ class ChromePool:
                 closed_now = True
             else:
                 closed_now = False
-                instance.busy = False
-                instance.last_used = time.monotonic()
-                self._idle.append(instance)
+                slot.busy = False
+                slot.last_used = time.monotonic()
+                self._idle.append(slot)
                 self._cond.notify()
         if closed_now:
             instance.close()
@@ -407,24 +351,10 @@ class ChromePool:
         with self._cond:
             latencies = sorted(self._latencies)
             instances = tuple(
-                InstanceStats(
-                    number=inst.number,
-                    busy=inst.busy,
-                    tasks=inst.tasks,
-                    age_s=now - inst.created_at,
-                    idle_s=0.0 if inst.busy else now - inst.last_used,
-                    browser_pid=inst.browser_pid,
-                    driver_pid=inst.driver_pid,
-                    driver_port=inst.driver_port,
-                    debug_port=inst.debug_port,
-                    context_isolation=inst.isolates_contexts,
-                    rss_mb=inst.rss_mb,
-                    pss_mb=inst.pss_mb,
-                    uss_mb=inst.uss_mb,
-                )
-                for inst in self._instances
+                instance_stats(slot.instance, slot.busy, slot.tasks, slot.last_used, now)
+                for slot in self._instances
             )
-            in_use = sum(1 for inst in self._instances if inst.busy)
+            in_use = sum(1 for slot in self._instances if slot.busy)
             return PoolStats(
                 max_size=self.pool_size,
                 size=len(self._instances),
@@ -439,8 +369,8 @@ class ChromePool:
                 tasks=self._tasks,
                 waits=self._waits,
                 timeouts=self._timeouts,
-                acquire_p50_ms=_percentile(latencies, 0.50),
-                acquire_p95_ms=_percentile(latencies, 0.95),
+                acquire_p50_ms=percentile(latencies, 0.50),
+                acquire_p95_ms=percentile(latencies, 0.95),
                 utilization=in_use / self.pool_size,
                 memory_mb=tuple(i.pss_mb for i in instances),
                 instances=instances,
@@ -453,7 +383,7 @@ class ChromePool:
             if self._closed:
                 return
             self._closed = True
-            instances = list(self._instances)
+            slots = list(self._instances)
             self._instances.clear()
             self._idle.clear()
             self._cond.notify_all()
@@ -461,8 +391,16 @@ class ChromePool:
         reaper = self._reaper
         if reaper is not None and reaper is not threading.current_thread():
             reaper.join()
-        for instance in instances:
-            instance.close()
+        for slot in slots:
+            slot.instance.close()
+        _LIVE_POOLS.discard(self)
+
+    def _kill_now(self) -> None:
+        """Close from a signal handler: no locks (the interrupted code may hold them)."""
+        self._closed = True
+        self._stop.set()
+        for slot in list(self._instances):
+            slot.instance.kill_now()
         _LIVE_POOLS.discard(self)
 
     async def aclose(self) -> None:
@@ -499,7 +437,7 @@ class ChromePool:
         if self._closed:
             raise ClosedError("this ChromePool is closed; create a new one")
 
-    def _checkout(self, task_id: Any, deadline: float, timeout: float) -> ChromeInstance | None:
+    def _checkout(self, task_id: Any, deadline: float, timeout: float) -> _Slot | None:
         """Take an idle instance, or a start slot (None), waiting until ``deadline``."""
         waited = False
         with self._cond:
@@ -508,9 +446,9 @@ class ChromePool:
                 if task_id in self._leases:
                     raise PoolError(f"task {task_id!r} already holds a driver; release it first")
                 if self._idle:
-                    instance = self._idle.pop()
-                    instance.busy = True
-                    return instance
+                    slot = self._idle.pop()
+                    slot.busy = True
+                    return slot
                 if len(self._instances) + self._starting < self.pool_size:
                     self._starting += 1
                     return None
@@ -530,68 +468,43 @@ class ChromePool:
                 finally:
                     self._waiting -= 1
 
-    def _start_instance(self) -> ChromeInstance:
+    def _start_instance(self) -> _Slot:
         with self._cond:
             self._numbers += 1
             number = self._numbers
         try:
-            if self.remote_url is not None:
-                instance = ChromeInstance.start_remote(
-                    number=number,
-                    remote_url=self.remote_url,
-                    chrome_binary=self.chrome_binary if self.chrome_binary else None,
-                    headless=self.headless,
-                    base_options=self._options,
-                    op_timeout=self.op_timeout,
-                    isolation=self.isolation,
-                )
-            else:
-                assert self.chrome_binary is not None
-                assert self.driver_path is not None
-                instance = ChromeInstance.start_local(
-                    number=number,
-                    chrome_binary=self.chrome_binary,
-                    driver_path=self.driver_path,
-                    headless=self.headless,
-                    base_options=self._options,
-                    start_timeout=self.start_timeout,
-                    op_timeout=self.op_timeout,
-                    isolation=self.isolation,
-                )
+            instance = ChromeInstance.start(self._config, number)
         except BaseException:
             with self._cond:
                 self._starting -= 1
                 self._cond.notify()
             raise
-        instance.busy = True
+        slot = _Slot(instance, busy=True)
         instance.sample_memory()
         with self._cond:
             self._starting -= 1
             closed = self._closed
             if not closed:
-                self._instances.append(instance)
+                self._instances.append(slot)
                 self._created += 1
                 self._ensure_reaper()
         if closed:
             instance.close()
             raise ClosedError("this ChromePool was closed while starting Chrome; create a new one")
-        return instance
+        return slot
 
-    def _needs_recycle(self, instance: ChromeInstance) -> bool:
-        if (
-            self.max_tasks_per_instance is not None
-            and instance.tasks >= self.max_tasks_per_instance
-        ):
+    def _needs_recycle(self, slot: _Slot) -> bool:
+        if self.max_tasks_per_instance is not None and slot.tasks >= self.max_tasks_per_instance:
             return True
-        if self.max_memory_mb is None or instance.pss_mb is None:
+        pss = slot.instance.pss_mb
+        if self.max_memory_mb is None or pss is None:
             return False
         # Sampled by the housekeeping thread, off the task's path.
-        return instance.pss_mb > self.max_memory_mb
+        return pss > self.max_memory_mb
 
-    def _discard(
-        self, instance: ChromeInstance, *, crashed: bool = False, recycled: bool = False
-    ) -> None:
-        """Forget ``instance`` (freeing its slot for a replacement) and kill it."""
+    def _discard(self, slot: _Slot, *, crashed: bool = False, recycled: bool = False) -> None:
+        """Forget ``slot``'s instance (freeing room for a replacement) and kill it."""
+        instance = slot.instance
         if crashed:
             _log.warning(
                 "Chrome instance (browser pid %s) crashed or hung: killed; a new one "
@@ -601,10 +514,10 @@ class ChromePool:
         elif recycled:
             _log.info("Chrome instance (browser pid %s) recycled", instance.browser_pid)
         with self._cond:
-            if instance in self._instances:
-                self._instances.remove(instance)
-            if instance in self._idle:
-                self._idle.remove(instance)
+            if slot in self._instances:
+                self._instances.remove(slot)
+            if slot in self._idle:
+                self._idle.remove(slot)
             self._crashed += crashed
             self._recycled += recycled
             self._cond.notify()
@@ -632,20 +545,20 @@ class ChromePool:
             now = time.monotonic()
             cutoff = now - self.idle_timeout
             with self._cond:
-                stale = [inst for inst in self._idle if inst.last_used <= cutoff]
-                for inst in stale:
-                    self._idle.remove(inst)
-                    self._instances.remove(inst)
+                stale = [slot for slot in self._idle if slot.last_used <= cutoff]
+                for slot in stale:
+                    self._idle.remove(slot)
+                    self._instances.remove(slot)
                 self._reaped += len(stale)
                 if stale:
                     self._cond.notify_all()
                 due = [
-                    inst
-                    for inst in self._instances
-                    if now - inst.memory_sampled_at >= _MEMORY_SAMPLE_INTERVAL
+                    slot.instance
+                    for slot in self._instances
+                    if now - slot.instance.memory_sampled_at >= _MEMORY_SAMPLE_INTERVAL
                 ]
-            for inst in stale:
-                inst.close()
+            for slot in stale:
+                slot.instance.close()
             for inst in due:
                 if self._stop.is_set():
                     break
@@ -712,28 +625,8 @@ def _close_live_pools() -> None:
             pool.close()
 
 
-def _find_chrome() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}: must be an integer > 0, got {value!r}", key=key)
-    return value
-
-
-def _positive_num(key: str, value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}: must be a number > 0, got {value!r}", key=key)
-    return float(value)
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return float(sorted_values[index])
+def _kill_live_pools() -> None:
+    # SIGTERM/SIGHUP: the host is being stopped. Kill every browser now, without locks.
+    for pool in list(_LIVE_POOLS):
+        with contextlib.suppress(Exception):
+            pool._kill_now()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from .errors import BrowserStartError
+from ..errors import BrowserStartError
 
 __all__ = ["release_port", "reserve_port", "reserved_ports"]
 
