@@ -142,6 +142,12 @@ class CacheSettings:
     compression_threshold: int = attrs.field(default=1024, validator=_non_negative_int)
     pool_min_size: int = attrs.field(default=2, validator=_non_negative_int)
     pool_max_size: int = attrs.field(default=10, validator=_positive_int)
+    # HMAC key(s) signing cache entries, comma-separated (the first signs); never shown.
+    sign_key: str | None = attrs.field(
+        default=None, validator=_opt_str, repr=lambda v: "None" if v is None else "'***'"
+    )
+    max_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_positive_int)
+    max_value_size: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
 
 
 @attrs.frozen
@@ -168,12 +174,25 @@ class MonitoringSettings:
 
 @attrs.frozen
 class ScraperSettings:
-    """Scraper: per-platform concurrency, request timeout (seconds), connection cap, engine."""
+    """Scraper: per-platform concurrency, request timeout (seconds), connection cap, engine,
+    response limits (bytes; on by default), proxy, cookies and the private-network guard."""
 
     max_concurrent: int = attrs.field(default=5, validator=_positive_int)
     timeout: float = attrs.field(default=30.0, validator=_positive_num)
     max_connections: int = attrs.field(default=100, validator=_positive_int)
-    engine: str = attrs.field(default="native", validator=_one_of("native", "aiohttp", "httpx"))
+    engine: str = attrs.field(default="aiohttp", validator=_one_of("aiohttp", "httpx", "native"))
+    max_body_size: int = attrs.field(default=32 * 1024 * 1024, validator=_positive_int)
+    max_head_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
+    max_header_count: int = attrs.field(default=100, validator=_positive_int)
+    max_redirects: int = attrs.field(default=20, validator=_positive_int)
+    proxy: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(str)),
+        repr=lambda v: repr(mask_url(v)),
+    )
+    trust_env: bool = attrs.field(default=True, validator=_bool)
+    cookies: bool = attrs.field(default=False, validator=_bool)
+    allow_private_networks: bool = attrs.field(default=True, validator=_bool)
 
 
 @attrs.frozen
@@ -422,6 +441,8 @@ class Settings:
                 for key, value in section.items():
                     if "url" in key and isinstance(value, str):
                         section[key] = mask_url(value)
+                    elif key == "sign_key" and value is not None:
+                        section[key] = "***"
         return data
 
     # -- loaders --------------------------------------------------------------------------
@@ -627,7 +648,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("", "log_level"),
     "LEADPERF_PROFILE": ("", "profile"),
     "LEADPERF_CACHE_URL": ("cache", "url"),
+    "LEADPERF_CACHE_SIGN_KEY": ("cache", "sign_key"),
+    "LEADPERF_CACHE_MAX_BYTES": ("cache", "max_bytes"),
+    "LEADPERF_CACHE_MAX_VALUE_SIZE": ("cache", "max_value_size"),
     "LEADPERF_SCRAPER_ENGINE": ("scraper", "engine"),
+    "LEADPERF_SCRAPER_MAX_BODY_SIZE": ("scraper", "max_body_size"),
+    "LEADPERF_SCRAPER_PROXY": ("scraper", "proxy"),
+    "LEADPERF_SCRAPER_COOKIES": ("scraper", "cookies"),
+    "LEADPERF_SCRAPER_ALLOW_PRIVATE_NETWORKS": ("scraper", "allow_private_networks"),
     "LEADPERF_MEMORY_LIMIT_MB": ("memory", "limit_mb"),
 }
 

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checka
 import anyio
 import attrs
 
-from ..errors import CacheKeyError, CacheUnavailableError, ClosedError, ConfigError
+from .._core.redact import mask_text
+from ..errors import (
+    CacheKeyError,
+    CacheUnavailableError,
+    ClosedError,
+    ConfigError,
+    SerializationError,
+)
 from ._codec import Codec
 
 if TYPE_CHECKING:
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
+    "DEFAULT_MAX_VALUE_SIZE",
     "MAX_KEY_LENGTH",
     "MAX_NAMESPACE_LENGTH",
     "BaseCache",
@@ -40,6 +48,8 @@ __all__ = [
 MAX_KEY_LENGTH: Final = 512
 #: Longest namespace accepted, in characters.
 MAX_NAMESPACE_LENGTH: Final = 128
+#: Largest stored entry accepted by ``set`` when neither argument nor settings say (bytes).
+DEFAULT_MAX_VALUE_SIZE: Final = 16 * 1024 * 1024
 
 MISSING: Final[Any] = object()
 
@@ -130,18 +140,31 @@ def check_ttl(ttl: Any, name: str = "ttl") -> float:
 
 
 def check_namespace(namespace: Any) -> str:
+    # Stored keys are "<namespace>:<key>". A ":" inside a namespace would make namespace
+    # "a:b" a part of namespace "a" (its clear("*") would delete it), so it is refused.
     if (
         not isinstance(namespace, str)
         or not namespace
         or len(namespace) > MAX_NAMESPACE_LENGTH
         or "\x00" in namespace
+        or ":" in namespace
     ):
         raise ConfigError(
             f"namespace: must be a non-empty str of at most {MAX_NAMESPACE_LENGTH} characters "
-            f"without NUL, got {namespace!r}",
+            f"without NUL or ':' (namespaces cannot nest; use e.g. 'app-leads'), got "
+            f"{namespace!r}",
             key="namespace",
         )
     return namespace
+
+
+def check_size(value: Any, name: str) -> int:
+    """Return ``value`` if it is an int of bytes > 0, else raise ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{name}: must be an integer number of bytes > 0, got {value!r}", key=name
+        )
+    return value
 
 
 def bad_key(key: Any) -> CacheKeyError:
@@ -189,6 +212,10 @@ def check_pattern(pattern: Any) -> str:
 class BaseCache:
     """Behaviour every backend shares, over its raw primitives. Not used directly.
 
+    ``max_value_size`` (bytes, default ``settings.cache.max_value_size``, 16 MiB) caps one
+    stored entry: a larger value raises SerializationError at ``set`` before anything is
+    written.
+
     Subclasses set ``scheme``, declare the exceptions meaning "server unreachable" with
     ``_set_unavailable`` and implement ``_open``, ``_close``, ``_get``, ``_get_many``, ``_set``,
     ``_set_many``, ``_add``, ``_delete``, ``_exists``, ``_clear`` and ``_get_with_ttl`` on
@@ -207,6 +234,7 @@ class BaseCache:
         default_ttl: float | None = None,
         codec: Codec | None = None,
         raise_errors: bool = False,
+        max_value_size: int | None = None,
         settings: Settings | None = None,
     ) -> None:
         if settings is None:
@@ -214,6 +242,9 @@ class BaseCache:
 
             settings = Settings.from_env()
         self._settings = settings
+        if max_value_size is None:
+            max_value_size = settings.cache.max_value_size
+        self.max_value_size = check_size(max_value_size, "max_value_size")
         self.namespace = check_namespace(namespace)
         self.default_ttl = check_ttl(
             settings.cache.default_ttl if default_ttl is None else default_ttl, "default_ttl"
@@ -222,6 +253,9 @@ class BaseCache:
             raise ConfigError(f"codec: must be a Codec, got {codec!r}", key="codec")
         self.codec = codec if codec is not None else Codec.from_settings(settings)
         self._raise_errors = bool(raise_errors)
+        # Whether an undecodable entry raises; TieredCache turns it off on its remote (an
+        # unreachable server must raise there, a bad entry must stay a miss).
+        self._raise_bad_entries = self._raise_errors
         self._prefix = f"{self.namespace}:" if self._uses_prefix else ""
         self._catch: tuple[type[BaseException], ...] = (CacheUnavailableError,)
         self._state = State.NEW
@@ -234,6 +268,9 @@ class BaseCache:
         self._deletes = 0
         self._evictions = 0
         self._errors = 0
+        self._bad_entries = 0
+        # Credentials in the backend's URL, scrubbed from every error message shown.
+        self._secrets: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -312,9 +349,13 @@ class BaseCache:
 
     def _unavailable_error(self, exc: BaseException) -> CacheUnavailableError:
         return CacheUnavailableError(
-            f"{self!r} cannot reach its server ({type(exc).__name__}: {exc}); check the URL "
-            "and that the server runs"
+            f"{self!r} cannot reach its server ({type(exc).__name__}: {self._scrub(exc)}); "
+            "check the URL and that the server runs"
         )
+
+    def _scrub(self, exc: BaseException) -> str:
+        """``str(exc)`` without the credentials of this cache's URL (drivers may quote it)."""
+        return mask_text(str(exc), self._secrets)
 
     def _failed(self, exc: BaseException) -> None:
         """Count a server failure; raise CacheUnavailableError when ``raise_errors``."""
@@ -334,21 +375,30 @@ class BaseCache:
             return self.default_ttl
         return check_ttl(ttl)
 
-    def _dump(self, value: Any) -> Any:
-        return self.codec.encode(value)
+    def _dump(self, value: Any, key: str) -> Any:
+        stored = self.codec.encode(value, key)
+        if len(stored) > self.max_value_size:
+            raise self._too_large(len(stored))
+        return stored
 
-    def _load(self, stored: Any) -> Any:
-        return self.codec.decode(stored)
+    def _too_large(self, size: int) -> SerializationError:
+        return SerializationError(
+            f"value is {size} bytes encoded, more than {self!r}'s max_value_size of "
+            f"{self.max_value_size}; store less or raise max_value_size"
+        )
 
-    def _load_or_fail(self, stored: Any) -> Any:
-        """Decode a stored entry; a corrupt one counts as an error and a miss."""
+    def _load(self, stored: Any, key: str) -> Any:
+        return self.codec.decode(stored, key)
+
+    def _load_or_fail(self, stored: Any, key: str) -> Any:
+        """Decode a stored entry; a corrupt, forged or oversized one is an error and a miss."""
         try:
-            return self._load(stored)
-        except Exception as exc:
+            return self._load(stored, key)
+        except Exception:
             self._errors += 1
-            if self._raise_errors:
+            self._bad_entries += 1
+            if self._raise_bad_entries:
                 raise
-            del exc
             return MISSING
 
     # -- the protocol ---------------------------------------------------------------------
@@ -371,7 +421,7 @@ class BaseCache:
         if stored is None:
             self._misses += 1
             return default
-        value = self._load_or_fail(stored)
+        value = self._load_or_fail(stored, k)
         if value is MISSING:
             self._misses += 1
             return default
@@ -392,7 +442,7 @@ class BaseCache:
         if found is None:
             self._misses += 1
             return None
-        value = self._load_or_fail(found[0])
+        value = self._load_or_fail(found[0], k)
         if value is MISSING:
             self._misses += 1
             return None
@@ -407,7 +457,7 @@ class BaseCache:
         """
         k = self._key(key)
         seconds = self._ttl(ttl)
-        stored = self._dump(value)
+        stored = self._dump(value, k)
         try:
             if self._state is not State.OPEN:
                 await self._ensure()
@@ -421,7 +471,7 @@ class BaseCache:
         """Store ``value`` only when ``key`` holds no live entry; True when stored."""
         k = self._key(key)
         seconds = self._ttl(ttl)
-        stored = self._dump(value)
+        stored = self._dump(value, k)
         try:
             if self._state is not State.OPEN:
                 await self._ensure()
@@ -474,9 +524,9 @@ class BaseCache:
             return {}
         result: dict[str, Any] = {}
         load = self._load_or_fail
-        for key, stored in zip(wanted, found, strict=True):
+        for key, sk, stored in zip(wanted, stored_keys, found, strict=True):
             if stored is not None:
-                value = load(stored)
+                value = load(stored, sk)
                 if value is not MISSING:
                     result[key] = value
         self._hits += len(result)
@@ -498,9 +548,9 @@ class BaseCache:
             self._misses += len(wanted)
             return {}
         result: dict[str, tuple[Any, float | None]] = {}
-        for key, item in zip(wanted, found, strict=True):
+        for key, sk, item in zip(wanted, stored_keys, found, strict=True):
             if item is not None:
-                value = self._load_or_fail(item[0])
+                value = self._load_or_fail(item[0], sk)
                 if value is not MISSING:
                     result[key] = (value, item[1])
         self._hits += len(result)
@@ -510,7 +560,10 @@ class BaseCache:
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Store every item of ``mapping`` for ``ttl`` seconds; all encoded before any write."""
         seconds = self._ttl(ttl)
-        items = [(self._key(k), self._dump(v)) for k, v in mapping.items()]
+        items = []
+        for key, value in mapping.items():
+            k = self._key(key)
+            items.append((k, self._dump(value, k)))
         if not items:
             return
         try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import ConfigError
-from ._base import BaseCache, glob_to_regex
+from ..errors import ConfigError, SerializationError
+from ._base import BaseCache, check_size, glob_to_regex
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -18,18 +19,25 @@ __all__ = ["MemoryCache"]
 
 _NONE: Final[Any] = object()  # stands for a stored None (None means "absent" to the base)
 _PLAIN = (bytes, str)
+#: Default byte budget of a MemoryCache when settings do not give one.
+DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+# What one entry costs beyond its value and key: the OrderedDict node and slot, the tuple.
+_ENTRY_OVERHEAD: Final = 160
 
 
 class MemoryCache(BaseCache):
-    """In-process LRU cache with TTL: O(1) get and set, ``max_size`` entries at most.
+    """In-process LRU cache with TTL: O(1) get and set, bounded by entries and by bytes.
 
     Values are kept as the objects you store (no encode/decode round trip, which is what
     makes a hit cost about a dict lookup), so do not mutate a value after ``set`` or after
     ``get``. Values are still checked against the codec at ``set``: what the other
-    backends refuse, this one refuses too. ``max_size`` defaults to
-    ``settings.cache.max_size``; the least recently used entry is evicted (and counted)
-    when a set would exceed it. ``namespace`` only names the cache here: every instance
-    is its own store.
+    backends refuse, this one refuses too. ``max_size`` (entries) defaults to
+    ``settings.cache.max_size`` and ``max_bytes`` to ``settings.cache.max_bytes`` (256 MiB);
+    least recently used entries are evicted (and counted) when a set would exceed either.
+    An entry's size is its serialized size (``bytes``/``str``: their size in memory) plus
+    the key and a fixed bookkeeping cost. One value larger than a quarter of ``max_bytes``,
+    or than ``max_value_size``, raises SerializationError instead of emptying the cache.
+    ``namespace`` only names the cache here: every instance is its own store.
     """
 
     scheme = "memory"
@@ -39,10 +47,12 @@ class MemoryCache(BaseCache):
         self,
         max_size: int | None = None,
         *,
+        max_bytes: int | None = None,
         namespace: str = "leadperf",
         default_ttl: float | None = None,
         codec: Codec | None = None,
         raise_errors: bool = False,
+        max_value_size: int | None = None,
         settings: Settings | None = None,
     ) -> None:
         super().__init__(
@@ -50,27 +60,53 @@ class MemoryCache(BaseCache):
             default_ttl=default_ttl,
             codec=codec,
             raise_errors=raise_errors,
+            max_value_size=max_value_size,
             settings=settings,
         )
         size = self._settings.cache.max_size if max_size is None else max_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigError(f"max_size: must be an integer > 0, got {size!r}", key="max_size")
+        if max_bytes is None:
+            max_bytes = self._settings.cache.max_bytes
         self.max_size = size
-        self._data: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+        self.max_bytes = check_size(max_bytes, "max_bytes")
+        # A single entry may take a quarter of the budget: one huge value must not evict
+        # everything else.
+        self._entry_limit = min(self.max_value_size, max(1, self.max_bytes // 4))
+        self._bytes = 0
+        self._data: OrderedDict[str, tuple[Any, float, int]] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"MemoryCache(max_size={self.max_size}, namespace={self.namespace!r})"
+        return (
+            f"MemoryCache(max_size={self.max_size}, max_bytes={self.max_bytes}, "
+            f"namespace={self.namespace!r})"
+        )
 
-    # -- stored form: the object itself ---------------------------------------------------
+    @property
+    def size_bytes(self) -> int:
+        """Bytes accounted to the entries held now (expired ones included until purged)."""
+        return self._bytes
 
-    def _dump(self, value: Any) -> Any:
+    # -- stored form: (the object itself, its accounted size) ----------------------------
+
+    def _dump(self, value: Any, key: str) -> Any:
         if value is None:
-            return _NONE
-        if not isinstance(value, _PLAIN):
-            self.codec.serialize(value)  # refuse what the other backends would refuse
-        return value
+            obj, size = _NONE, 0
+        elif isinstance(value, _PLAIN):
+            obj, size = value, sys.getsizeof(value)
+        else:
+            # Serializing refuses what the other backends would refuse, and measures it.
+            obj, size = value, len(self.codec.serialize(value)[1])
+        size += sys.getsizeof(key) + _ENTRY_OVERHEAD
+        if size > self._entry_limit:
+            raise SerializationError(
+                f"value takes about {size} bytes, more than {self!r} accepts for one entry "
+                f"({self._entry_limit}: max_value_size, or a quarter of max_bytes); store "
+                "less or raise max_bytes"
+            )
+        return obj, size
 
-    def _load(self, stored: Any) -> Any:
+    def _load(self, stored: Any, key: str) -> Any:
         return None if stored is _NONE else stored
 
     def _size(self) -> int:
@@ -79,9 +115,15 @@ class MemoryCache(BaseCache):
 
     def _purge(self) -> None:
         now = time.monotonic()
-        dead = [k for k, (_, exp) in self._data.items() if exp <= now]
+        dead = [k for k, (_, exp, _) in self._data.items() if exp <= now]
         for k in dead:
-            del self._data[k]
+            self._drop(k)
+
+    def _drop(self, key: str) -> tuple[Any, float, int] | None:
+        item = self._data.pop(key, None)
+        if item is not None:
+            self._bytes -= item[2]
+        return item
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -90,13 +132,14 @@ class MemoryCache(BaseCache):
 
     async def _close(self) -> None:
         self._data.clear()
+        self._bytes = 0
 
     async def _get(self, key: str) -> Any:
         item = self._data.get(key)
         if item is None:
             return None
         if item[1] <= time.monotonic():
-            del self._data[key]
+            self._drop(key)
             return None
         self._data.move_to_end(key)
         return item[0]
@@ -107,7 +150,7 @@ class MemoryCache(BaseCache):
             return None
         left = item[1] - time.monotonic()
         if left <= 0:
-            del self._data[key]
+            self._drop(key)
             return None
         self._data.move_to_end(key)
         return item[0], left
@@ -121,7 +164,7 @@ class MemoryCache(BaseCache):
             if item is None:
                 out.append(None)
             elif item[1] <= now:
-                del data[key]
+                self._drop(key)
                 out.append(None)
             else:
                 data.move_to_end(key)
@@ -134,11 +177,17 @@ class MemoryCache(BaseCache):
         return [await self._get_with_ttl(k) for k in keys]
 
     def _put(self, key: str, stored: Any, ttl: float) -> None:
+        obj, size = stored
         data = self._data
-        data[key] = (stored, time.monotonic() + ttl)
+        old = data.get(key)
+        if old is not None:
+            self._bytes -= old[2]
+        data[key] = (obj, time.monotonic() + ttl, size)
         data.move_to_end(key)
-        if len(data) > self.max_size:
-            data.popitem(last=False)
+        self._bytes += size
+        while len(data) > self.max_size or self._bytes > self.max_bytes:
+            _, evicted = data.popitem(last=False)
+            self._bytes -= evicted[2]
             self._evictions += 1
 
     async def _set(self, key: str, stored: Any, ttl: float) -> None:
@@ -156,7 +205,7 @@ class MemoryCache(BaseCache):
         return True
 
     async def _delete(self, key: str) -> bool:
-        item = self._data.pop(key, None)
+        item = self._drop(key)
         return item is not None and item[1] > time.monotonic()
 
     async def _exists(self, key: str) -> bool:
@@ -166,13 +215,15 @@ class MemoryCache(BaseCache):
     async def _clear(self, pattern: str | None) -> int:
         now = time.monotonic()
         if pattern is None:
-            live = sum(1 for _, exp in self._data.values() if exp > now)
+            live = sum(1 for _, exp, _ in self._data.values() if exp > now)
             self._data.clear()
+            self._bytes = 0
             return live
         match = glob_to_regex(pattern).fullmatch
         doomed = [k for k in self._data if match(k)]
         live = 0
         for k in doomed:
-            if self._data.pop(k)[1] > now:
+            item = self._drop(k)
+            if item is not None and item[1] > now:
                 live += 1
         return live

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..errors import CacheUnavailableError, ConfigError
-from ._codec import Codec
+from ._codec import SIGNED, Codec
 from ._postgres import PostgresCache
 
 __all__ = ["migrate_sqlite"]
@@ -75,8 +75,10 @@ async def migrate_sqlite(
                 break
             batch: list[tuple[str, bytes, float | None]] = []
             for key, value, expires_at in rows:
-                stored = _convert(value, reader, writer)
-                if stored is None or not isinstance(key, str) or not key:
+                if not isinstance(key, str) or not key:
+                    continue
+                stored = _convert(key, prefix + key, value, reader, writer)
+                if stored is None:
                     continue
                 batch.append((prefix + key, stored, expires_at))
             if batch:
@@ -92,19 +94,28 @@ async def migrate_sqlite(
     return copied
 
 
-def _convert(value: Any, reader: Codec, writer: Codec) -> bytes | None:
-    """Stored bytes for PostgreSQL, or None for a value this migration cannot read."""
+def _convert(old_key: str, new_key: str, value: Any, reader: Codec, writer: Codec) -> bytes | None:
+    """Stored bytes for PostgreSQL, or None for a value this migration cannot read.
+
+    Codec entries are copied as they are, unless signing is involved: a signed entry must
+    verify with the PostgreSQL cache's keys, and is re-signed for its new key; an unsigned
+    entry copied into a signing cache is signed on the way (the SQLite file is trusted).
+    """
     if isinstance(value, bytes):
         if not Codec.is_encoded(value):
             return None
+        signed = bool(value[0] & SIGNED)
         try:
-            reader.decode(value)  # refuse corrupt or pickle entries rather than copy them
+            # Refuse corrupt, forged or pickle entries rather than copy them.
+            obj = writer.decode(value, old_key) if signed else reader.decode(value)
+            if signed or writer.signed:
+                return writer.encode(obj, new_key)
         except Exception:
             return None
         return value
     if isinstance(value, str):
         try:
-            return writer.encode(json.loads(value))
+            return writer.encode(json.loads(value), new_key)
         except Exception:
             return None
     return None

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CacheUnavailableError, ConfigError, SerializationError
+from ..errors import CacheUnavailableError, ConfigError
 from ._base import MISSING, BaseCache, CacheStats
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ _log = logging.getLogger("leadperf.cache")
 
 __all__ = ["TieredCache"]
 
-_REMOTE_FAILURES = (CacheUnavailableError, SerializationError)
+_REMOTE_FAILURES = (CacheUnavailableError,)
 
 
 class TieredCache:
@@ -30,6 +30,8 @@ class TieredCache:
     both from ``settings``. The tiered cache owns both and closes them. A local entry
     filled from the remote never outlives the remote entry's remaining TTL.
 
+    An entry the remote cannot decode (corrupt, forged, over the size cap) is a miss for
+    that key and counted in ``stats().errors``; the remote stays in use for other keys.
     When the remote fails (unreachable, or unreachable at open), the failure is counted
     in ``stats().errors``, the call is served from local, and the remote is left alone
     for ``retry_after`` seconds (default 1.0) before the next call tries it again: so the
@@ -75,8 +77,11 @@ class TieredCache:
             remote = RedisCache(settings=settings)
         self.local: BaseCache = local
         self.remote: BaseCache = remote
-        # The tiered cache handles remote failures itself, so it needs to see them.
+        # The tiered cache handles remote outages itself, so it needs to see them; an entry
+        # the remote holds but cannot decode (corrupt, forged, oversized) is only a miss
+        # for that key, never an outage, and is counted in the remote's own stats.
         remote._raise_errors = True
+        remote._raise_bad_entries = bool(raise_errors)
         self.retry_after = float(retry_after)
         self._raise_errors = bool(raise_errors)
         self._down_until = 0.0
@@ -296,6 +301,6 @@ class TieredCache:
             sets=self._sets,
             deletes=self._deletes,
             evictions=local.evictions,
-            errors=self._errors + local.errors,
+            errors=self._errors + local.errors + self.remote._bad_entries,
             size=local.size,
         )
