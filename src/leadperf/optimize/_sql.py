@@ -1,4 +1,4 @@
-"""SQL helpers shared by the database and archive parts (identifiers, values, cache keys).
+"""SQL helpers shared by the database and archive parts (identifiers, array dumpers, cache keys).
 
 psycopg is imported inside the functions: importing this module stays light.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -18,15 +17,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_IDENTIFIER_BYTES",
-    "binary_copy_ok",
     "check_identifier",
-    "dsn_password",
     "fast_array_dumpers",
-    "jsonb_columns",
     "mask_dsn",
     "qualified",
     "query_cache_key",
-    "scrub",
 ]
 
 # PostgreSQL truncates identifiers longer than NAMEDATALEN - 1 bytes; a silently truncated
@@ -58,26 +53,6 @@ def qualified(schema: str | None, name: str) -> sql.Composable:
     return sql.Identifier(schema, name)
 
 
-def jsonb_columns(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Columns whose first non-null value is a dict (or a list of dicts): sent as jsonb.
-
-    psycopg adapts neither ``dict`` nor a list of dicts by itself; wrapping per column,
-    decided once from the first value, keeps the per-row cost at zero for other columns.
-    """
-    found: list[str] = []
-    for column in columns:
-        for row in rows:
-            value = row[column]
-            if value is None:
-                continue
-            if isinstance(value, dict) or (
-                isinstance(value, list) and value and isinstance(value[0], dict)
-            ):
-                found.append(column)
-            break
-    return found
-
-
 def _param_default(value: object) -> object:
     # Type name plus text: 1 and "1", or a date and its ISO string, never share a key.
     return {"__type__": type(value).__qualname__, "value": str(value)}
@@ -102,14 +77,6 @@ def query_cache_key(scope: str, query: str, params: object) -> str:
     return f"leadperf:query:{digest.hexdigest()}"
 
 
-def scrub(message: str, secrets: Iterable[str | None]) -> str:
-    """Remove every non-empty secret from ``message`` (server errors may echo the DSN)."""
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
-
-
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
 
 
@@ -118,94 +85,6 @@ def mask_dsn(dsn: str) -> str:
     from .._core.redact import mask_dsn as _mask_dsn
 
     return _mask_dsn(dsn)
-
-
-def dsn_password(dsn: str) -> str | None:
-    """The password in ``dsn``, if any (to scrub it from server messages)."""
-    from urllib.parse import unquote, urlsplit
-
-    if "://" in dsn:
-        try:
-            password = urlsplit(dsn).password
-        except ValueError:
-            return None
-        return unquote(password) if password else None
-    match = _PASSWORD_KV.search(dsn)
-    return match.group(2).strip("'") if match else None
-
-
-def _binary_types() -> dict[int, tuple[type, ...]]:
-    import datetime
-    import decimal
-    import uuid
-
-    from psycopg.postgres import types
-
-    accepted: dict[str, tuple[type, ...]] = {
-        "int2": (int,),
-        "int4": (int,),
-        "int8": (int,),
-        "float4": (float, int),
-        "float8": (float, int),
-        "numeric": (decimal.Decimal, int),
-        "text": (str,),
-        "varchar": (str,),
-        "bpchar": (str,),
-        "bool": (bool,),
-        "timestamptz": (datetime.datetime,),
-        "timestamp": (datetime.datetime,),
-        "date": (datetime.date,),
-        "uuid": (uuid.UUID,),
-        "bytea": (bytes,),
-        "json": (dict, list),
-        "jsonb": (dict, list),
-    }
-    table = {types[name].oid: kinds for name, kinds in accepted.items()}
-    for name in ("text", "varchar", "int4", "int8"):
-        table[types[name].array_oid] = (list,)
-    return table
-
-
-def binary_copy_ok(
-    oids: Sequence[int], columns: Sequence[int], rows: Sequence[Sequence[Any]]
-) -> bool:
-    """Whether binary COPY gives the same result as text COPY for these columns.
-
-    Binary COPY is about 3x cheaper to produce, but it dumps each value as the column's
-    type: a ``str`` for a jsonb column would become a JSON string rather than be parsed,
-    and a naive datetime for a timestamptz column would not follow the session time zone.
-    So binary is used only when every column's type and first non-null value are a known
-    safe pair; a later odd value fails the dump and the batch is retried in text.
-    """
-    import datetime
-
-    from psycopg.postgres import types
-
-    table = _binary_types()
-    tz_oid, ts_oid = types["timestamptz"].oid, types["timestamp"].oid
-    for oid, index in zip(oids, columns, strict=True):
-        kinds = table.get(oid)
-        if kinds is None:
-            return False
-        value = next((row[index] for row in rows if row[index] is not None), None)
-        if value is None:
-            continue
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            return False
-        if isinstance(value, datetime.datetime):
-            if oid == tz_oid and value.tzinfo is None:
-                return False
-            if oid == ts_oid and value.tzinfo is not None:
-                return False
-        if oid == types["date"].oid and isinstance(value, datetime.datetime):
-            return False
-        if isinstance(value, list) and oid not in (types["json"].oid, types["jsonb"].oid):
-            # Arrays: the element decides (an empty list says nothing, so be safe).
-            first = next((v for v in value if v is not None), None)
-            want = str if oid in (types["text"].array_oid, types["varchar"].array_oid) else int
-            if first is None or not isinstance(first, want) or isinstance(first, bool):
-                return False
-    return True
 
 
 def fast_array_dumpers() -> list[type]:

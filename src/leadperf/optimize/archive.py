@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from .._core.redact import mask_dsn, mask_text, secrets_of
 from .._portal import run_sync
 from .._util import require
 from ..errors import ConfigError, DatabaseError, DatabaseUnavailableError
-from ._sql import MAX_IDENTIFIER_BYTES, check_identifier, dsn_password, mask_dsn, scrub
+from ._sql import MAX_IDENTIFIER_BYTES, check_identifier
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, sql
@@ -217,7 +218,7 @@ class Archiver:
                 self._dsn, connect_timeout=_CONNECT_TIMEOUT, autocommit=True
             )
         except psycopg.Error as exc:
-            reason = scrub(str(exc).strip(), [dsn_password(self._dsn)])
+            reason = mask_text(str(exc).strip(), secrets_of(self._dsn))
             raise DatabaseUnavailableError(
                 f"cannot connect to PostgreSQL at {self._where}: {reason}. "
                 "Check DATABASE_URL and that the server runs"
@@ -226,10 +227,10 @@ class Archiver:
             yield conn
 
     def _fail(self, action: str, exc: BaseException) -> DatabaseError:
-        secret = dsn_password(self._dsn) if self._dsn else None
+        text = f"{type(exc).__name__}: {exc}".strip()
         return DatabaseError(
             f"{action} for {self._schema}.{self._table} failed: "
-            f"{scrub(f'{type(exc).__name__}: {exc}'.strip(), [secret])}"
+            f"{mask_text(text, secrets_of(self._dsn))}"
         )
 
     def _ident(self, name: str, schema: str | None = None) -> sql.Composable:
