@@ -41,10 +41,10 @@ from leadperf.scraper import (
     ScrapeResult,
     ScraperStats,
 )
+from engines import ENGINES, NATIVE_READY
 from scrape_server import PAGE_SIZE, ScrapeServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
-ENGINES = ["native", "aiohttp", "httpx"]
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +406,7 @@ def test_settings_supply_the_defaults() -> None:
     assert (s.max_concurrent, s.timeout, s.max_connections, s.engine_name) == (7, 4.0, 9, "httpx")
     default = AsyncScraper(settings=Settings())
     assert (default.max_concurrent, default.timeout, default.max_connections) == (5, 30.0, 100)
-    assert default.engine_name == "native"
+    assert default.engine_name == "aiohttp"
     assert AsyncScraper(3, settings=settings).max_concurrent == 3
 
 
@@ -695,7 +695,7 @@ async def test_stats_are_a_frozen_snapshot(server: ScrapeServer, key: str) -> No
         )
         stats = s.stats()
     assert isinstance(stats, ScraperStats)
-    assert stats.engine == "native"
+    assert stats.engine == "aiohttp"
     assert stats.requests == 21
     assert stats.rate_limited == 0
     assert stats.results == 21
@@ -894,7 +894,14 @@ def test_httpx_engine_runs_on_trio_and_asyncio_engines_say_they_cannot(
     assert results[-1].attempts == 2
     assert streamed == 3
 
-    for engine in ("native", "aiohttp"):
+    async def default_engine_on_trio() -> tuple[str, bool]:
+        async with scraper() as s:  # no engine named: aiohttp on asyncio, httpx on trio
+            result = await s.fetch(urls[0])
+        return s.engine_name, result.ok
+
+    assert anyio.run(default_engine_on_trio, backend="trio") == ("httpx", True)
+
+    for engine in ("native", "aiohttp") if NATIVE_READY else ("aiohttp",):
 
         async def asyncio_engine_on_trio(engine: str = engine) -> None:
             async with scraper(engine=engine):

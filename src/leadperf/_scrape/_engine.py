@@ -1,44 +1,51 @@
 """The scraper's one seam for its HTTP engine, and the httpx-style response it returns.
 
-Everything above :class:`Engine` is engine-agnostic: the scraper only calls
-``request()`` and ``aclose()``. Engines map their own exceptions onto leadperf's
-(:class:`ScrapeTimeoutError`, :class:`ScrapeConnectionError`, :class:`InvalidURLError`), so
-retry decisions never depend on which engine runs.
+Everything above :class:`Engine` is engine-agnostic: the scraper builds one
+:class:`~leadperf._scrape._request.Request` and calls ``request(request)`` and ``aclose()``
+(httpcore's ``handle_async_request`` is the model). Engines map their own exceptions onto
+leadperf's (:class:`ScrapeTimeoutError`, :class:`ScrapeConnectionError`,
+:class:`InvalidResponseError`, :class:`ResponseTooLargeError`,
+:class:`TooManyRedirectsError`, :class:`InvalidURLError`), so retry decisions never depend
+on which engine runs. The engines themselves live in ``_aiohttp``, ``_httpx`` and
+``_native``.
 """
 
 from __future__ import annotations
 
 import json as _json
-import time
-from collections.abc import Iterable, Mapping
+import os
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from .._util import mask_url, require
+from .._util import mask_url
 from ..errors import (
     ConfigError,
     HTTPStatusError,
+    InvalidResponseError,
     InvalidURLError,
+    ResponseTooLargeError,
     ScrapeConnectionError,
     ScrapeTimeoutError,
+    TooManyRedirectsError,
 )
+from ._request import DEFAULT_LIMITS, Limits, Request
 
 if TYPE_CHECKING:
-    import aiohttp
+    from collections.abc import AsyncIterator
 
 __all__ = [
     "ENGINES",
-    "AiohttpEngine",
     "Engine",
-    "HttpxEngine",
     "RawHeaders",
     "Response",
     "make_engine",
 ]
 
-ENGINES = ("native", "aiohttp", "httpx")
+ENGINES = ("aiohttp", "httpx", "native")
 _UTF = ("utf8", "utf16", "utf32")
 
 
@@ -187,24 +194,94 @@ def invalid_url_error(url: str) -> InvalidURLError:
     return InvalidURLError(f"{mask_url(url)} is not a valid http(s) URL", url=url)
 
 
+def too_large_error(url: str, what: str, limit: int, setting: str) -> ResponseTooLargeError:
+    """The error every engine raises when a response passes one of its :class:`Limits`."""
+    return ResponseTooLargeError(
+        f"{mask_url(url)}: {what} is over the limit of {limit}; raise {setting} if such "
+        "responses are expected",
+        url=url,
+    )
+
+
+def body_too_large(url: str, limit: int) -> ResponseTooLargeError:
+    """The error for a decoded body over ``max_body_size``."""
+    return too_large_error(url, "the decoded body", limit, "max_body_size")
+
+
+def too_many_redirects_error(url: str, limit: int) -> TooManyRedirectsError:
+    """The error every engine raises for a redirect loop or a chain over the limit."""
+    return TooManyRedirectsError(
+        f"{mask_url(url)}: more than {limit} redirects (a loop?); raise max_redirects if the "
+        "chain is expected",
+        url=url,
+    )
+
+
+def invalid_response_error(url: str, exc: BaseException | str) -> InvalidResponseError:
+    """The error every engine raises for a malformed response."""
+    detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return InvalidResponseError(f"{mask_url(url)}: malformed response ({detail})", url=url)
+
+
+def head_size(raw: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """``(bytes, fields)`` of a parsed head's header block (each field as ``name: value\r\n``)."""
+    size = count = 0
+    for name, value in raw:
+        size += len(name) + len(value) + 4
+        count += 1
+    return size, count
+
+
+def check_head(url: str, raw: Sequence[tuple[bytes, bytes]], limits: Limits) -> None:
+    """Raise :class:`ResponseTooLargeError` when a parsed head is over the head limits."""
+    if len(raw) > limits.max_header_count:
+        raise too_large_error(
+            url, f"{len(raw)} header fields", limits.max_header_count, "max_header_count"
+        )
+    size, _ = head_size(raw)
+    if size > limits.max_head_size:
+        raise too_large_error(url, f"a {size}-byte head", limits.max_head_size, "max_head_size")
+
+
+async def read_capped(chunks: AsyncIterator[bytes], url: str, limit: int) -> bytes:
+    """Join decoded ``chunks`` while counting; stop at ``limit`` with the typed error."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(url, limit)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def env_proxies() -> dict[str, str]:
+    """The proxies the environment sets (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``)."""
+    found = urllib.request.getproxies_environment()
+    if os.environ.get("NO_PROXY", os.environ.get("no_proxy", "")).strip() == "*":
+        return {}
+    return {k: v for k, v in found.items() if k in ("http", "https", "all") and v}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***`` (proxy passwords in library errors)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 class Engine(Protocol):
-    """What the scraper needs from an HTTP engine: one pooled ``request`` and ``aclose``."""
+    """What the scraper needs from an HTTP engine: one pooled ``request`` and ``aclose``.
+
+    Engines are built with ``max_connections``, ``timeout`` (the default per request),
+    default ``headers`` and :class:`Limits`; ``request`` sends one :class:`Request` and
+    reads the whole decoded body within ``request.timeout``.
+    """
 
     name: str
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        data: Mapping[str, Any] | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        follow_redirects: bool = True,
-    ) -> Response:
+    async def request(self, request: Request) -> Response:
         """Send one request and read the whole body; raise leadperf's ScrapeError kinds."""
         ...
 
@@ -213,151 +290,88 @@ class Engine(Protocol):
         ...
 
 
-class AiohttpEngine:
-    """``aiohttp.ClientSession`` over one ``TCPConnector`` (asyncio only; the fast default)."""
-
-    name = "aiohttp"
-
-    def __init__(
-        self, *, max_connections: int, timeout: float, headers: Mapping[str, str] | None
-    ) -> None:
-        import asyncio
-
-        aio = require("aiohttp", "aiohttp")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            raise ConfigError(
-                "engine: 'aiohttp' runs on asyncio only; under another event loop (trio) "
-                "use engine='httpx'",
-                key="engine",
-            ) from None
-        self._aiohttp = aio
-        self._timeout = timeout
-        # Per-platform limits live above the engine, so the connector caps only the total.
-        connector = aio.TCPConnector(limit=max_connections, limit_per_host=0)
-        self._session: aiohttp.ClientSession = aio.ClientSession(
-            connector=connector,
-            timeout=aio.ClientTimeout(total=timeout),
-            headers=dict(headers) if headers else None,
-            raise_for_status=False,
-        )
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        data: Mapping[str, Any] | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        follow_redirects: bool = True,
-    ) -> Response:
-        aiohttp = self._aiohttp
-        kwargs: dict[str, Any] = {}
-        if params is not None:
-            kwargs["params"] = params
-        if headers is not None:
-            kwargs["headers"] = headers
-        if content is not None or data is not None:
-            kwargs["data"] = content if content is not None else data
-        if json is not None:
-            kwargs["json"] = json
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
-        start = time.perf_counter()
-        try:
-            async with self._session.request(
-                method, url, allow_redirects=follow_redirects, **kwargs
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                raw = resp.raw_headers
-                final = str(resp.url) if resp.history else url
-        except TimeoutError as exc:
-            raise timeout_error(url, self._timeout if timeout is None else timeout) from exc
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-            raise invalid_url_error(url) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise connection_error(url, exc) from exc
-        return Response(status, body, RawHeaders(raw), final, time.perf_counter() - start)
-
-    async def aclose(self) -> None:
-        await self._session.close()
-
-
-class HttpxEngine:
-    """``httpx.AsyncClient`` (httpcore's pool): slower, for users who need httpx's features."""
-
-    name = "httpx"
-
-    def __init__(
-        self, *, max_connections: int, timeout: float, headers: Mapping[str, str] | None
-    ) -> None:
-        self._timeout = timeout
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            timeout=httpx.Timeout(timeout),
-            headers=dict(headers) if headers else None,
-            follow_redirects=True,
-        )
-
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-        content: bytes | str | None = None,
-        data: Mapping[str, Any] | None = None,
-        json: Any = None,
-        timeout: float | None = None,
-        follow_redirects: bool = True,
-    ) -> Response:
-        start = time.perf_counter()
-        try:
-            resp = await self._client.request(
-                method,
-                url,
-                params=params,
-                headers=headers,
-                content=content,
-                data=data,
-                json=json,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                follow_redirects=follow_redirects,
-            )
-        except httpx.TimeoutException as exc:
-            raise timeout_error(url, self._timeout if timeout is None else timeout) from exc
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise invalid_url_error(url) from exc
-        except (httpx.TransportError, OSError) as exc:
-            raise connection_error(url, exc) from exc
-        final = str(resp.url) if resp.history else url
-        return Response(
-            resp.status_code, resp.content, resp.headers, final, time.perf_counter() - start
-        )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
 def make_engine(
-    name: str, *, max_connections: int, timeout: float, headers: Mapping[str, str] | None
+    name: str,
+    *,
+    max_connections: int,
+    timeout: float,
+    headers: Mapping[str, str] | None,
+    limits: Limits = DEFAULT_LIMITS,
+    proxy: str | None = None,
+    trust_env: bool = True,
+    cookies: bool = False,
 ) -> Engine:
-    """Build the engine called ``name`` (``"native"``, ``"aiohttp"`` or ``"httpx"``)."""
+    """Build the engine called ``name`` (``"aiohttp"``, ``"httpx"`` or ``"native"``).
+
+    Args:
+        name: the engine.
+        max_connections: open connections at most, over every host.
+        timeout: seconds for a whole request when the request does not say.
+        headers: sent with every request.
+        limits: response limits, enforced on every request.
+        proxy: one proxy for every request that names none (``http://``, ``https://``;
+            ``socks5://`` on aiohttp with ``leadperf[socks]``).
+        trust_env: honour ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` from the environment.
+        cookies: keep a cookie jar (off: every request stands alone).
+
+    Raises:
+        ConfigError: an unknown engine, or an option the engine cannot honour (the native
+            engine has no proxy support and no cookie jar: asking for them, or leaving
+            ``trust_env`` on while the environment sets a proxy, is refused rather than
+            silently bypassed).
+    """
     if name == "native":
+        check_native_options(proxy=proxy, trust_env=trust_env, cookies=cookies)
         from ._native import NativeEngine
 
-        return NativeEngine(max_connections=max_connections, timeout=timeout, headers=headers)
+        return NativeEngine(  # type: ignore[call-arg,no-any-return,unused-ignore]
+            max_connections=max_connections, timeout=timeout, headers=headers, limits=limits
+        )
     if name == "aiohttp":
-        return AiohttpEngine(max_connections=max_connections, timeout=timeout, headers=headers)
+        from ._aiohttp import AiohttpEngine
+
+        return AiohttpEngine(
+            max_connections=max_connections,
+            timeout=timeout,
+            headers=headers,
+            limits=limits,
+            proxy=proxy,
+            trust_env=trust_env,
+            cookies=cookies,
+        )
     if name == "httpx":
-        return HttpxEngine(max_connections=max_connections, timeout=timeout, headers=headers)
+        from ._httpx import HttpxEngine
+
+        return HttpxEngine(
+            max_connections=max_connections,
+            timeout=timeout,
+            headers=headers,
+            limits=limits,
+            proxy=proxy,
+            trust_env=trust_env,
+            cookies=cookies,
+        )
     raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {name!r}", key="engine")
+
+
+def check_native_options(*, proxy: str | None, trust_env: bool, cookies: bool) -> None:
+    """Refuse options the native engine cannot honour, naming what to change."""
+    if proxy:
+        raise ConfigError(
+            "engine: 'native' does not support proxies; use engine='aiohttp' (the default) "
+            "or engine='httpx' with proxy=/proxies=",
+            key="proxy",
+        )
+    if cookies:
+        raise ConfigError(
+            "engine: 'native' has no cookie jar; use engine='aiohttp' (the default) or "
+            "engine='httpx' with cookies=True",
+            key="cookies",
+        )
+    if trust_env and env_proxies():
+        names = ", ".join(sorted(f"{k.upper()}_PROXY" for k in env_proxies()))
+        raise ConfigError(
+            f"engine: 'native' cannot use the proxy the environment sets ({names}); use "
+            "engine='aiohttp' (the default), or pass trust_env=False to connect directly",
+            key="trust_env",
+        )
