@@ -25,6 +25,7 @@ __all__ = [
 
 ACCEPT_ENCODING = "gzip, deflate, br"
 _GZIP_MAGIC = b"\x1f\x8b"
+_STEP = 1 << 20
 
 
 class BadResponse(Exception):
@@ -127,8 +128,11 @@ class _Brotli:
         produced = 0
         first = True
         while first or not d.can_accept_more_data():
-            # After a capped step, brotli wants empty input until it has drained itself.
-            chunk = d.process(data if first else b"", output_buffer_limit=self._room + 1)
+            # Steps of at most about 1 MiB (brotli may pass its output limit by half): the
+            # cap is passed by little, and after a capped step brotli wants empty input
+            # until it has drained itself.
+            step = min(self._room + 1, _STEP)
+            chunk = d.process(data if first else b"", output_buffer_limit=step)
             first = False
             if chunk:
                 if len(chunk) > self._room:
