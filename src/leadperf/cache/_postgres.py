@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-import re
-from collections.abc import Sequence
+import os
+import select
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .._util import mask_url, require
+from .._core.redact import mask_dsn, secrets_of
+from .._util import require
 from ..errors import ConfigError
 from ._base import BaseCache, State
+from ._expiry import ExpiryJob, check_interval
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -22,12 +26,24 @@ __all__ = ["PostgresCache"]
 _SCHEMES = ("postgresql", "postgres")
 _DEFAULT_RETENTION = 30 * 24 * 3600.0
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
+_PURGE_BATCH: Final = 5000
+_T = TypeVar("_T")
 
 
-def mask_dsn(dsn: str) -> str:
-    """Hide a password given in the userinfo or as a ``password=`` query parameter."""
-    masked = mask_url(dsn) or ""
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", masked)
+def _sever(conn: Any, flag: list[bool]) -> None:
+    """Shut the connection's socket down so a call stuck on it fails at once.
+
+    Cancelling psycopg mid-query makes it send a cancel request and wait up to 10 s for the
+    server; through a frozen network that is 10 s more. A shut-down socket reads as EOF
+    instead: the call raises OperationalError now and the pool discards the connection.
+    """
+    flag.append(True)
+    try:
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, Exception):  # already closed: the call fails on its own
+        pass
 
 
 def like_pattern(prefix: str, pattern: str | None) -> str:
@@ -60,9 +76,16 @@ class PostgresCache(BaseCache):
     expires_at timestamptz, updated_at timestamptz`` with an index on ``expires_at``.
     The pool holds ``min_size``..``max_size`` connections (default from
     ``settings.cache.pool_min_size``/``pool_max_size``: 2..10). ``connect_timeout``
-    bounds opening (seconds); ``timeout`` bounds waiting for a pooled connection.
-    :meth:`cleanup` removes expired rows and rows older than ``retention`` (30 days).
-    Needs ``pip install 'leadperf[postgres]'``.
+    bounds opening (seconds). ``timeout`` (seconds, default 5) bounds every call, waiting
+    for a pooled connection included: the server aborts a statement running longer
+    (``statement_timeout``) and the client gives up on a server that does not answer (a
+    frozen network), so a call is a miss or a counted error after ``timeout``. The pool
+    checks a connection before handing it out (no round trip unless its socket shows the
+    server closed it), so a terminated backend is replaced instead of failing a caller.
+    Expired rows and rows not written for ``retention`` (30 days) are removed by a
+    background job every ``cleanup_interval`` seconds (default 300, with jitter; None
+    turns it off), one process at a time through an advisory lock; :meth:`cleanup` runs
+    it on demand. Needs ``pip install 'leadperf[postgres]'``.
     """
 
     scheme = "postgresql"
@@ -83,6 +106,8 @@ class PostgresCache(BaseCache):
         timeout: float = 5.0,
         retention: float | timedelta = _DEFAULT_RETENTION,
         create_table: bool = True,
+        max_value_size: int | None = None,
+        cleanup_interval: float | None = 300.0,
         settings: Settings | None = None,
     ) -> None:
         super().__init__(
@@ -90,11 +115,12 @@ class PostgresCache(BaseCache):
             default_ttl=default_ttl,
             codec=codec,
             raise_errors=raise_errors,
+            max_value_size=max_value_size,
             settings=settings,
         )
         cs = self._settings.cache
         if dsn is None:
-            if cs.url and urlsplit(cs.url).scheme in _SCHEMES:
+            if cs.url and cs.url.partition("://")[0].lower() in _SCHEMES:
                 dsn = cs.url
             else:
                 dsn = self._settings.database.url
@@ -104,7 +130,7 @@ class PostgresCache(BaseCache):
                 "(e.g. postgresql://user@127.0.0.1:5432/db)",
                 key="dsn",
             )
-        if not isinstance(dsn, str) or urlsplit(dsn).scheme not in _SCHEMES:
+        if not isinstance(dsn, str) or dsn.partition("://")[0].lower() not in _SCHEMES:
             shown = mask_dsn(dsn) if isinstance(dsn, str) else repr(dsn)
             raise ConfigError(
                 f"dsn: must start with postgresql:// or postgres://, got {shown}", key="dsn"
@@ -134,6 +160,9 @@ class PostgresCache(BaseCache):
         self.timeout = _seconds(timeout, "timeout")
         self.retention = _seconds(retention, "retention")
         self.create_table = bool(create_table)
+        self.cleanup_interval = check_interval(cleanup_interval)
+        self._expiry: ExpiryJob | None = None
+        self._secrets = secrets_of(dsn)
         psycopg = require("psycopg", "postgres", "psycopg")
         pool_mod = require("psycopg_pool", "postgres", "psycopg-pool")
         self._set_unavailable(
@@ -208,8 +237,8 @@ class PostgresCache(BaseCache):
                 f" SELECT count(*) FROM d WHERE {_LIVE}"
             ),
             "cleanup": q(
-                "DELETE FROM {t} WHERE expires_at <= now()"
-                " OR updated_at < now() - %s * interval '1 second'"
+                "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE expires_at <= now()"
+                f" OR updated_at < now() - %s * interval '1 second' LIMIT {_PURGE_BATCH})"
             ),
         }
 
@@ -225,6 +254,11 @@ class PostgresCache(BaseCache):
             timeout=self.timeout,
             # libpq's connect_timeout is whole seconds, 2 at least.
             kwargs={"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout))},
+            configure=self._configure,
+            check=_check_connection,
+            # A refused connection is retried with backoff for this long, then given up:
+            # the next caller starts a fresh attempt, so recovery after an outage is quick.
+            reconnect_timeout=max(2.0, self.connect_timeout),
             name=f"leadperf-cache-{self.table}",
         )
         try:
@@ -246,27 +280,63 @@ class PostgresCache(BaseCache):
             await pool.close()
             raise
         self._pool = pool
+        if self.cleanup_interval is not None:
+            self._expiry = ExpiryJob(self, self.cleanup_interval, self._expire_once)
+            self._expiry.start()
+
+    async def _configure(self, conn: Any) -> None:
+        # The server aborts any statement running past the call's deadline.
+        await conn.execute(f"SET statement_timeout = {max(1, int(self.timeout * 1000))}")
 
     async def _close(self) -> None:
+        if self._expiry is not None:
+            await self._expiry.stop()
+            self._expiry = None
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
+    async def _use(self, op: Callable[[Any], Awaitable[_T]], timeout: float | None = None) -> _T:
+        """Run ``op(conn)`` on a pooled connection, all of it within ``timeout`` seconds."""
+        seconds = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        conn = await self._pool.getconn(timeout=seconds)
+        severed: list[bool] = []
+        timer = loop.call_at(deadline, _sever, conn, severed)
+        try:
+            return await op(conn)
+        except self._unavailable as exc:
+            if severed:
+                raise TimeoutError(
+                    f"the server did not answer within {seconds:g} s (timeout)"
+                ) from exc
+            raise
+        finally:
+            timer.cancel()
+            await self._pool.putconn(conn)
+
     async def _fetchone(self, query: str, params: Sequence[Any]) -> Any:
-        async with self._pool.connection() as conn:
+        async def op(conn: Any) -> Any:
             cur = await conn.execute(self._q[query], params, binary=True)
             return await cur.fetchone()
 
+        return await self._use(op)
+
     async def _fetchall(self, query: str, params: Sequence[Any]) -> list[Any]:
-        async with self._pool.connection() as conn:
+        async def op(conn: Any) -> list[Any]:
             cur = await conn.execute(self._q[query], params, binary=True)
             rows: list[Any] = await cur.fetchall()
             return rows
 
+        return await self._use(op)
+
     async def _run(self, query: str, params: Sequence[Any]) -> int:
-        async with self._pool.connection() as conn:
+        async def op(conn: Any) -> int:
             cur = await conn.execute(self._q[query], params)
             return int(cur.rowcount)
+
+        return await self._use(op)
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -319,17 +389,67 @@ class PostgresCache(BaseCache):
 
     # -- maintenance ----------------------------------------------------------------------
 
+    @property
+    def expiry(self) -> ExpiryJob | None:
+        """The background expiry job while open (None when turned off or closed)."""
+        return self._expiry
+
     async def cleanup(self, retention: float | timedelta | None = None) -> int:
         """Delete expired rows and rows not written for ``retention`` (default: 30 days).
 
-        Covers the whole table (every namespace). Returns the number of rows deleted.
+        Covers the whole table (every namespace), in batches. Returns the number of rows
+        deleted, or 0 when another process is running the cleanup of this table right now.
         Raises CacheUnavailableError when the server cannot be reached.
         """
+        removed = await self._purge(retention)
+        return 0 if removed is None else removed
+
+    async def _expire_once(self) -> int | None:
+        return await self._purge(None)
+
+    async def _purge(self, retention: float | timedelta | None) -> int | None:
         seconds = self.retention if retention is None else _seconds(retention, "retention")
         if self._state is not State.OPEN:
             await self._ensure()
+        lock = f"leadperf-cache-expiry:{self.schema}.{self.table}"
+
+        async def op(conn: Any) -> int | None:
+            # One runner per table across processes: a session advisory lock, released at
+            # the end (or by the server if this connection dies).
+            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,))
+            row = await cur.fetchone()
+            if not row[0]:
+                return None
+            try:
+                removed = 0
+                while True:
+                    cur = await conn.execute(self._q["cleanup"], (seconds,))
+                    batch = int(cur.rowcount)
+                    removed += batch
+                    if batch < _PURGE_BATCH:
+                        return removed
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+
         try:
-            return await self._run("cleanup", (seconds,))
+            # Each batch is bounded by statement_timeout; the whole purge gets more room.
+            return await self._use(op, timeout=self.timeout * 12)
         except self._unavailable as exc:
             self._errors += 1
             raise self._unavailable_error(exc) from exc
+
+
+async def _check_connection(conn: Any) -> None:
+    """Pool check: fail a connection the server closed, without a round trip when idle.
+
+    An idle connection has nothing to read; a readable socket means the server sent
+    something (a termination notice, EOF), so only then is a round trip spent to decide.
+    """
+    if conn.closed or conn.broken:
+        raise ConnectionError("connection closed")
+    fd = conn.pgconn.socket
+    readable, _, _ = select.select([fd], [], [], 0)
+    if readable:
+        from psycopg_pool import AsyncConnectionPool
+
+        await AsyncConnectionPool.check_connection(conn)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from .._core.redact import secrets_of
 from .._util import mask_url, require
 from ..errors import ClosedError, ConfigError
 from ._base import BaseCache
@@ -101,6 +102,7 @@ class RedisCache(BaseCache):
                 key="max_connections",
             )
         self.url = url
+        self._secrets = secrets_of(url)
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
         self.max_connections = max_connections
