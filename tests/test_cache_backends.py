@@ -27,7 +27,7 @@ from leadperf.cache import (
     TieredCache,
     from_settings,
 )
-from leadperf.errors import CacheUnavailableError, ConfigError
+from leadperf.errors import CacheUnavailableError, ConfigError, SerializationError
 
 pytestmark = pytest.mark.anyio
 
@@ -561,3 +561,322 @@ async def test_redis_more_callers_than_connections(redis_url: str, unique_name: 
         assert await c.get_many(["k0", "k39"]) == {"k0": 0, "k39": 39}
         assert c.stats().errors == 0
         assert await c.clear() == 80
+
+
+# -- bounds, hostile data and stuck neighbours ---------------------------------------------
+
+
+class LoopLag:
+    """A ticker task measuring how late the event loop runs it (the loop must stay free)."""
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period = period
+        self.worst = 0.0
+        self.ticks = 0
+
+    async def run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await anyio.sleep(self.period)
+            self.worst = max(self.worst, time.perf_counter() - before - self.period)
+            self.ticks += 1
+
+
+async def test_memory_max_bytes_evicts_by_size_and_refuses_a_huge_value(
+    reliability: Any,
+) -> None:
+    c = MemoryCache(max_size=10_000, max_bytes=1_000_000, settings=SETTINGS)
+    for i in range(30):
+        await c.set(f"page{i}", b"x" * 100_000)
+        assert c.size_bytes <= 1_000_000
+    s = c.stats()
+    assert s.evictions >= 20
+    assert 0 < s.size <= 9
+    assert await c.get("page29") == b"x" * 100_000  # the newest stay
+    assert await c.get("page0") is None
+    # Structured values are measured by their serialized size.
+    await c.set("rows", [{"email": f"user{i}@example.com"} for i in range(2000)])
+    assert c.size_bytes <= 1_000_000
+    # One value over a quarter of the budget is refused and evicts nothing.
+    before = (c.stats().size, c.size_bytes)
+    with pytest.raises(SerializationError, match="max_bytes"):
+        await c.set("huge", b"x" * 300_000)
+    assert (c.stats().size, c.size_bytes) == before
+    # The default budget refuses what the audit stored: a 1 GiB value (checked without
+    # allocating one, through a budget of the same proportions).
+    assert MemoryCache(settings=SETTINGS).max_bytes == 256 * 1024 * 1024
+    await c.delete("rows")
+    await c.clear()
+    assert c.size_bytes == 0
+    with pytest.raises(ConfigError, match="max_bytes"):
+        MemoryCache(max_bytes=0, settings=SETTINGS)
+    reliability.record(
+        "cache",
+        "MemoryCache fed 30 x 100 KB values and one 300 KB value with max_bytes=1 MB",
+        "held bytes never exceed max_bytes; one value over a quarter of it is refused",
+        f"held at most 1,000,000 bytes ({s.evictions} evictions); the 300 KB value raised "
+        "SerializationError and evicted nothing",
+    )
+
+
+async def test_sqlite_lock_held_by_another_process_is_waited_for_off_the_loop(
+    tmp_path: Path, reliability: Any
+) -> None:
+    path = tmp_path / "c.db"
+    lag = LoopLag()
+    async with SqliteCache(path, busy_timeout=5, settings=SETTINGS) as c:
+        await c.set("before", 1)
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys, time\n"
+                f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+                "db.execute('BEGIN IMMEDIATE')\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(1.0)\n"
+                "db.execute('COMMIT')\n",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == b"locked"
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lag.run)
+                started = time.perf_counter()
+                await c.set("during", "written once the lock is free")
+                waited = time.perf_counter() - started
+                await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        finally:
+            holder.wait(10)
+        assert await c.get("during") == "written once the lock is free"
+        assert c.stats().errors == 0
+    assert waited > 0.3  # it really waited for the other process
+    assert lag.worst < 0.25, f"event loop blocked for {lag.worst:.3f} s"
+    assert lag.ticks > 10
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM leadperf_cache").fetchone()[0] == 2
+    db.close()
+    reliability.record(
+        "cache",
+        "SqliteCache.set while another process holds the write lock for 1 s",
+        "the lock is waited for off the event loop; the write lands when it is free",
+        f"set waited {waited:.2f} s; worst event-loop lag {lag.worst * 1000:.0f} ms "
+        f"over {lag.ticks} ticks; the row is in the file",
+    )
+
+
+async def test_sqlite_lock_past_busy_timeout_names_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    async with SqliteCache(path, settings=SETTINGS):
+        pass
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        strict = SqliteCache(path, busy_timeout=0.2, raise_errors=True, settings=SETTINGS)
+        async with strict:
+            with pytest.raises(CacheUnavailableError, match="busy_timeout") as info:
+                await strict.set("k", 1)
+            assert "check the URL" not in str(info.value)
+        lenient = SqliteCache(path, busy_timeout=0.2, settings=SETTINGS)
+        async with lenient:
+            await lenient.set("k", 1)
+            assert lenient.stats().errors == 1
+            assert await lenient.get("k") is None  # readers are not blocked in WAL mode
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
+async def test_sqlite_truncated_file_is_refused_not_restarted(
+    tmp_path: Path, reliability: Any
+) -> None:
+    path = tmp_path / "c.db"
+    async with SqliteCache(path, settings=SETTINGS) as c:
+        await c.set("lead", "ada")
+    with open(path, "wb"):
+        pass  # truncated to 0 bytes, as a full disk or a bad copy leaves it
+    broken = SqliteCache(path, settings=SETTINGS)
+    with pytest.raises(CacheUnavailableError, match="empty") as info:
+        await broken.open()
+    assert path.stat().st_size == 0  # left as found, for the operator to look at
+    lenient = SqliteCache(path, settings=SETTINGS)
+    assert await lenient.get("lead", "miss") == "miss"
+    assert lenient.stats().errors == 1
+    await broken.close()
+    await lenient.close()
+    # A fresh path still creates a complete cache file, never an empty one.
+    fresh = tmp_path / "new.db"
+    async with SqliteCache(fresh, settings=SETTINGS) as c:
+        assert fresh.stat().st_size > 0
+        await c.set("k", 1)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    reliability.record(
+        "cache",
+        "SQLite cache file truncated to 0 bytes",
+        "refused with a clear error, never reopened as an empty cache",
+        f"open raised CacheUnavailableError ({str(info.value)[-60:]!r}); file left at 0 bytes",
+    )
+
+
+@pytest.mark.redis
+async def test_tiered_corrupt_remote_entry_is_a_miss_not_an_outage(
+    redis_url: str, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    caplog.set_level(logging.WARNING, logger="leadperf")
+    remote = RedisCache(redis_url, namespace=unique_name, settings=SETTINGS)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        async with TieredCache(MemoryCache(settings=SETTINGS), remote, retry_after=30) as t:
+            await remote.set("good", "from remote")
+            raw.set(f"{unique_name}:bad", b"\x22not brotli at all", px=60_000)
+            assert await t.get("bad", "miss") == "miss"
+            assert t.remote_available  # the remote is not treated as down
+            assert await t.get("good") == "from remote"  # still read from the remote
+            assert await t.get_many(["bad", "good"]) == {"good": "from remote"}
+            assert t.stats().errors == 2
+            assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+            strict = TieredCache(
+                MemoryCache(settings=SETTINGS),
+                RedisCache(redis_url, namespace=unique_name, settings=SETTINGS),
+                raise_errors=True,
+            )
+            async with strict:
+                with pytest.raises(SerializationError):
+                    await strict.get("bad")
+            await t.clear()
+    finally:
+        raw.close()
+
+
+def test_redis_masks_password_query_parameter_in_repr_and_errors() -> None:
+    port = free_port()
+    c = RedisCache(f"redis://127.0.0.1:{port}/0?password=hunter2", settings=SETTINGS)
+    assert "hunter2" not in repr(c)
+    assert "password=***" in repr(c)
+
+    async def fail() -> str:
+        with pytest.raises(CacheUnavailableError) as info:
+            await c.open()
+        await c.close()
+        return str(info.value)
+
+    message = anyio.run(fail)
+    assert "hunter2" not in message
+    with pytest.raises(ConfigError) as bad:
+        RedisCache("http://u:hunter2@h/0?password=hunter3", settings=SETTINGS)
+    assert "hunter2" not in str(bad.value)
+    assert "hunter3" not in str(bad.value)
+
+
+# -- expiry jobs --------------------------------------------------------------------------
+
+
+async def _poll(check: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await anyio.sleep(0.05)
+    return bool(check())
+
+
+async def test_sqlite_expiry_job_purges_one_process_at_a_time(
+    tmp_path: Path, reliability: Any
+) -> None:
+    path = tmp_path / "c.db"
+
+    def rows() -> int:
+        db = sqlite3.connect(path)
+        try:
+            return int(db.execute("SELECT count(*) FROM leadperf_cache").fetchone()[0])
+        finally:
+            db.close()
+
+    async with SqliteCache(path, cleanup_interval=None, settings=SETTINGS) as setup:
+        await setup.set_many({f"k{i}": i for i in range(50)}, ttl=0.05)
+        await setup.set("keep", 1, ttl=60)
+    # Another process holds the job's lease: nobody else purges.
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "INSERT OR REPLACE INTO leadperf_cache_jobs VALUES ('expiry', 'other', ?)",
+        (time.time() + 3600,),
+    )
+    async with SqliteCache(path, cleanup_interval=0.1, settings=SETTINGS) as c:
+        assert c.expiry is not None
+        assert await _poll(lambda: c.expiry is not None and c.expiry.skipped >= 3, 5)
+        assert rows() == 51
+        assert c.expiry.runs == 0
+        db.execute("UPDATE leadperf_cache_jobs SET until = 0")  # the other holder is gone
+        started = time.monotonic()
+        assert await _poll(lambda: rows() == 1, 5)
+        took = time.monotonic() - started
+        assert await _poll(lambda: c.expiry is not None and c.expiry.removed == 50, 5)
+        assert await c.get("keep") == 1
+    db.close()
+    reliability.record(
+        "cache",
+        "SqliteCache expiry job with a lease held by another process, then free",
+        "expired rows removed by one process at a time, without any call",
+        f"no purge while the lease was held; 50 expired rows gone {took:.2f} s after it "
+        "was freed; the live row kept",
+    )
+
+
+@pytest.mark.postgres
+async def test_postgres_expiry_job_runs_under_an_advisory_lock(
+    database_url: str, unique_name: str, reliability: Any
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    table = sql.Identifier(unique_name)
+
+    def rows() -> int:
+        return int(_pg(database_url, sql.SQL("SELECT count(*) FROM {}").format(table))[0][0])
+
+    try:
+        async with PostgresCache(
+            database_url, table=unique_name, cleanup_interval=None, settings=SETTINGS
+        ) as setup:
+            assert setup.retention == 30 * 24 * 3600  # the default retention
+            await setup.set_many({f"k{i}": i for i in range(40)}, ttl=0.05)
+            await setup.set("keep", 1, ttl=10 * 24 * 3600)
+            await setup.set("stale", 1, ttl=90 * 24 * 3600)
+        _pg(
+            database_url,
+            sql.SQL("UPDATE {} SET updated_at = now() - interval '31 days' WHERE key = %s").format(
+                table
+            ),
+            ("leadperf:stale",),
+        )
+        lock = f"leadperf-cache-expiry:None.{unique_name}"
+        with psycopg.connect(database_url, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(hashtext(%s))", (lock,))
+            async with PostgresCache(
+                database_url, table=unique_name, cleanup_interval=0.1, settings=SETTINGS
+            ) as c:
+                job = c.expiry
+                assert job is not None
+                assert await _poll(lambda: job.skipped >= 3, 5)
+                assert rows() == 42
+                assert job.runs == 0
+                other.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
+                started = time.monotonic()
+                assert await _poll(lambda: rows() == 1, 5)
+                took = time.monotonic() - started
+                assert await c.get("keep") == 1
+                assert await _poll(lambda: job.removed == 41, 5)
+    finally:
+        _pg(database_url, sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    reliability.record(
+        "cache",
+        "PostgresCache expiry job while another process holds the table's advisory lock",
+        "expired and 30-day-old rows removed by one process at a time, without any call",
+        f"no purge while the lock was held; 40 expired rows and 1 row unwritten for 31 days "
+        f"gone {took:.2f} s after it was released; the live row kept",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,142 @@ async def test_from_url_builds_each_backend(
             from_url(bad)
     with pytest.raises(ConfigError, match="max_sise"):
         from_url("memory://?max_sise=3")
+
+
+# -- hostile stored data and bounds (every backend) ----------------------------------------
+
+SIGN_KEY = "s" * 32
+STORED = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
+STORED += [pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def write_raw(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, table: str, key: str, raw: bytes
+) -> None:
+    """Write ``raw`` under stored key ``key`` behind the cache's back, as an intruder would."""
+    if kind == "sqlite":
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "cache.db")
+        db.execute("INSERT OR REPLACE INTO leadperf_cache VALUES (?, ?, NULL, 0)", (key, raw))
+        db.commit()
+        db.close()
+    elif kind == "redis":
+        import redis
+
+        r = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        r.set(key, raw, px=60_000)
+        r.close()
+    else:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(request.getfixturevalue("database_url"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (key, value, expires_at) VALUES (%s, %s, NULL) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                ).format(sql.Identifier(table)),
+                (key, raw),
+            )
+
+
+@pytest.mark.parametrize("kind", STORED)
+async def test_forged_entries_are_refused_by_a_signing_cache(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> None:
+    signer = Codec(sign_key=SIGN_KEY)
+    c = make_cache(kind, request, tmp_path, unique_name, codec=signer)
+    try:
+        async with c:
+            await c.set("user", {"admin": False})
+            assert await c.get("user") == {"admin": False}
+            # An intruder with write access to the store writes an unsigned entry ...
+            forged = Codec().encode({"admin": True})
+            write_raw(kind, request, tmp_path, unique_name, f"{unique_name}:user", forged)
+            assert await c.get("user", "refused") == "refused"
+            assert await c.get_many(["user"]) == {}
+            # ... or copies a genuinely signed entry from another key.
+            await c.set("other", {"admin": True})
+            moved = signer.encode({"admin": True}, f"{unique_name}:other")
+            write_raw(kind, request, tmp_path, unique_name, f"{unique_name}:user", moved)
+            assert await c.get("user", "refused") == "refused"
+            assert c.stats().errors == 3
+            strict = make_cache(
+                kind, request, tmp_path, unique_name, codec=signer, raise_errors=True
+            )
+            async with strict:
+                with pytest.raises(SerializationError, match="does not verify"):
+                    await strict.get("user")
+            # What the application itself wrote still reads back.
+            assert await c.get("other") == {"admin": True}
+    finally:
+        if kind == "postgres":
+            drop_table(request.getfixturevalue("database_url"), unique_name)
+
+
+@pytest.mark.parametrize("kind", STORED)
+async def test_decompression_bomb_in_the_store_is_a_quick_miss(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> None:
+    import time
+
+    from test_cache_codec import BROTLI_BOMB
+
+    c = make_cache(kind, request, tmp_path, unique_name)
+    try:
+        async with c:
+            await c.set("page", "fine")
+            write_raw(
+                kind, request, tmp_path, unique_name, f"{unique_name}:page", b"\x21" + BROTLI_BOMB
+            )
+            started = time.perf_counter()
+            assert await c.get("page", "refused") == "refused"
+            assert time.perf_counter() - started < 2.0
+            assert c.stats().errors == 1
+    finally:
+        if kind == "postgres":
+            drop_table(request.getfixturevalue("database_url"), unique_name)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_max_value_size_refuses_before_writing(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> None:
+    c = make_cache(kind, request, tmp_path, unique_name, max_value_size=2000)
+    try:
+        async with c:
+            await c.set("small", b"x" * 500)
+            with pytest.raises(SerializationError, match="max_value_size"):
+                await c.set("big", os.urandom(5000))
+            with pytest.raises(SerializationError, match="max_value_size"):
+                await c.set_many({"ok": 1, "big": os.urandom(5000)})
+            assert not await c.exists("big")
+            assert not await c.exists("ok")  # set_many checks every value before writing
+            assert await c.get("small") == b"x" * 500
+    finally:
+        if kind == "postgres":
+            drop_table(request.getfixturevalue("database_url"), unique_name)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_namespaces_cannot_nest(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique_name: str
+) -> None:
+    with pytest.raises(ConfigError, match="namespace"):
+        make_cache(kind, request, tmp_path, unique_name + ":b")
+    # The neighbour that used to be reachable ("a" + ":b...") now has to be spelled apart,
+    # and clearing "a" leaves it alone.
+    a = make_cache(kind, request, tmp_path, unique_name)
+    b = make_cache(kind, request, tmp_path, unique_name + "-b")
+    try:
+        async with a, b:
+            await a.set("b:k", "a's key with a colon")
+            await b.set("k", "b's key")
+            assert await a.clear("*") == 1
+            assert await b.get("k") == "b's key"
+            assert await b.clear() == 1
+    finally:
+        if kind == "postgres":
+            drop_table(request.getfixturevalue("database_url"), unique_name)
+            drop_table(request.getfixturevalue("database_url"), unique_name + "-b")

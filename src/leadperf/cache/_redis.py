@@ -68,6 +68,7 @@ class RedisCache(BaseCache):
         connect_timeout: float = 2.0,
         timeout: float = 5.0,
         max_connections: int = 50,
+        max_value_size: int | None = None,
         settings: Settings | None = None,
     ) -> None:
         super().__init__(
@@ -75,6 +76,7 @@ class RedisCache(BaseCache):
             default_ttl=default_ttl,
             codec=codec,
             raise_errors=raise_errors,
+            max_value_size=max_value_size,
             settings=settings,
         )
         url = url or self._settings.cache.redis_url
