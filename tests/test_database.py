@@ -19,6 +19,7 @@ from leadperf.errors import (
     BulkUpsertError,
     ClosedError,
     ConfigError,
+    DatabaseError,
     DatabaseUnavailableError,
 )
 from leadperf.optimize.database import DatabaseOptimizer, DatabaseStats, UpsertResult
@@ -470,3 +471,275 @@ async def test_skip_unchanged_leaves_identical_rows_untouched(
     rewritten = {email for email in before if after[email] != before[email]}
     assert rewritten == {f"lead{i}@example.com" for i in range(10)}
     assert db.stats().upsert_unchanged == 90
+
+
+# -- values the table cannot take exactly: refused before anything is written ---------------
+
+TYPED_DDL = """
+CREATE TABLE {} (
+    email text PRIMARY KEY,
+    small int2,
+    score int4,
+    big int8,
+    note text,
+    meta jsonb
+)
+"""
+
+
+@pytest.fixture
+def typed_table(database_url: str, unique_name: str) -> Any:
+    with admin(database_url) as conn:
+        conn.execute(sql.SQL(TYPED_DDL).format(sql.Identifier(unique_name)))
+    yield unique_name
+    with admin(database_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(unique_name)))
+
+
+def typed_rows(n: int) -> list[dict[str, Any]]:
+    return [
+        {"email": f"t{i}@x", "small": i, "score": i, "big": i, "note": "n", "meta": {"i": i}}
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "row", "expected"),
+    [
+        ("score", 2**31, 7, "out of range for int4"),
+        ("score", 2**40, 0, "out of range for int4"),
+        ("score", -(2**31) - 1, 3, "out of range for int4"),
+        ("small", 70_000, 5, "out of range for int2"),
+        ("big", 2**63, 9, "out of range for int8"),
+        ("score", True, 0, "is a bool"),
+        ("score", True, 8, "is a bool"),
+        ("note", b"bytes", 4, "is bytes"),
+        ("meta", "not json", 6, "not valid JSON"),
+        ("note", {"a": 1}, 2, "is a dict"),
+    ],
+)
+async def test_values_the_column_cannot_take_are_refused_naming_row_and_column(
+    db: DatabaseOptimizer,
+    typed_table: str,
+    database_url: str,
+    column: str,
+    value: Any,
+    row: int,
+    expected: str,
+) -> None:
+    rows = typed_rows(10)
+    rows[row][column] = value
+    for atomic in (False, True):
+        with pytest.raises(ConfigError, match=expected) as info:
+            await db.bulk_upsert(typed_table, rows, batch_size=3, atomic=atomic)
+        assert f"row {row}, column {column!r}" in str(info.value)
+        assert "Nothing was written" in str(info.value)
+    assert query(database_url, f'SELECT count(*) FROM "{typed_table}"') == [(0,)]
+
+
+async def test_edge_integers_are_stored_exactly(
+    db: DatabaseOptimizer, typed_table: str, database_url: str
+) -> None:
+    rows = typed_rows(2)
+    rows[0].update(small=-(2**15), score=-(2**31), big=-(2**63))
+    rows[1].update(small=2**15 - 1, score=2**31 - 1, big=2**63 - 1)
+    await db.bulk_upsert(typed_table, rows)
+    assert query(database_url, f'SELECT small, score, big FROM "{typed_table}" ORDER BY email') == [
+        (-(2**15), -(2**31), -(2**63)),
+        (2**15 - 1, 2**31 - 1, 2**63 - 1),
+    ]
+
+
+async def test_json_column_takes_values_and_json_text_alike(
+    db: DatabaseOptimizer, typed_table: str, database_url: str
+) -> None:
+    values: list[Any] = [{"a": 1}, '{"a": 2}', '"a string"', [1, 2], 3, True, None, "[]"]
+    rows = typed_rows(len(values))
+    for row, value in zip(rows, values, strict=True):
+        row["meta"] = value
+    for binary_first in (False, True):  # a str in row 0 or a dict in row 0: same outcome
+        ordered = rows if binary_first else rows[1:] + rows[:1]
+        await db.bulk_upsert(typed_table, ordered)
+        stored = dict(query(database_url, f'SELECT email, meta FROM "{typed_table}"'))
+        assert [stored[f"t{i}@x"] for i in range(len(values))] == [
+            {"a": 1},
+            {"a": 2},
+            "a string",
+            [1, 2],
+            3,
+            True,
+            None,
+            [],
+        ]
+
+
+async def test_null_keys_on_a_nullable_unique_column_are_each_inserted(
+    db: DatabaseOptimizer, database_url: str, unique_name: str
+) -> None:
+    with admin(database_url) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, ext text UNIQUE, v int)").format(
+                sql.Identifier(unique_name)
+            )
+        )
+    rows = [
+        {"ext": None, "v": 1},
+        {"ext": "a", "v": 2},
+        {"ext": None, "v": 3},
+        {"ext": "a", "v": 4},
+        {"ext": None, "v": 5},
+    ]
+    result = await db.bulk_upsert(unique_name, rows, key="ext")
+    assert (result.inserted, result.updated, result.duplicates) == (4, 0, 1)
+    assert query(database_url, f'SELECT ext, v FROM "{unique_name}" ORDER BY v') == [
+        (None, 1),
+        (None, 3),
+        ("a", 4),
+        (None, 5),
+    ]
+
+
+async def test_none_in_a_not_null_key_is_refused(
+    db: DatabaseOptimizer, leads_table: str, database_url: str
+) -> None:
+    rows = leads(5, "x")
+    rows[3]["email"] = None
+    with pytest.raises(ConfigError, match=r"row 3, column 'email'.*NOT NULL"):
+        await db.bulk_upsert(leads_table, rows)
+    assert query(database_url, f'SELECT count(*) FROM "{leads_table}"') == [(0,)]
+
+
+async def test_key_without_a_unique_index_is_refused(
+    db: DatabaseOptimizer, leads_table: str, database_url: str
+) -> None:
+    with pytest.raises(BulkUpsertError, match="no unique index"):
+        await db.bulk_upsert(leads_table, leads(5, "x"), key="company")
+    assert query(database_url, f'SELECT count(*) FROM "{leads_table}"') == [(0,)]
+
+
+# -- transactions -------------------------------------------------------------------------
+
+FK_DDL = """
+CREATE TABLE {parent} (id int PRIMARY KEY);
+CREATE TABLE {child} (
+    email text PRIMARY KEY,
+    parent int REFERENCES {parent} (id) DEFERRABLE INITIALLY DEFERRED
+);
+INSERT INTO {parent} SELECT generate_series(0, 9);
+"""
+
+
+@pytest.fixture
+def fk_tables(database_url: str, unique_name: str) -> Any:
+    parent, child = f"{unique_name}_p", f"{unique_name}_c"
+    names = {"parent": sql.Identifier(parent), "child": sql.Identifier(child)}
+    with admin(database_url) as conn:
+        conn.execute(sql.SQL(FK_DDL).format(**names))
+    yield child
+    with admin(database_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {child}, {parent}").format(**names))
+
+
+async def test_deferred_constraint_fails_its_own_batch_only(
+    db: DatabaseOptimizer, fk_tables: str, database_url: str
+) -> None:
+    rows = [{"email": f"c{i}@x", "parent": i % 10} for i in range(30)]
+    rows[25]["parent"] = 99  # checked only at COMMIT of batch 2
+    with pytest.raises(BulkUpsertError) as info:
+        await db.bulk_upsert(fk_tables, rows, batch_size=10, concurrency=1)
+    assert info.value.batch == 2
+    assert "ForeignKeyViolation" in str(info.value)
+    assert "batches 0-1 (20 rows) were committed" in str(info.value)
+    assert query(database_url, f'SELECT count(*) FROM "{fk_tables}"') == [(20,)]
+    with pytest.raises(BulkUpsertError, match="nothing was written"):
+        await db.bulk_upsert(fk_tables, rows, batch_size=10, atomic=True)
+    assert query(database_url, f'SELECT count(*) FROM "{fk_tables}"') == [(20,)]
+
+
+async def test_each_batch_is_its_own_transaction(
+    db: DatabaseOptimizer, leads_table: str, database_url: str
+) -> None:
+    await db.bulk_upsert(leads_table, leads(30, "x"), batch_size=10, concurrency=1)
+    # xmin is the writing transaction: one per batch, none of them a subtransaction (a
+    # subtransaction's id is not a top-level one, and txid_status knows only top-level ids).
+    found = query(
+        database_url,
+        f"SELECT xmin::text::bigint AS x, count(*), txid_status(xmin::text::bigint) "
+        f'FROM "{leads_table}" GROUP BY x ORDER BY x',
+    )
+    assert [(n, status) for _, n, status in found] == [(10, "committed")] * 3
+
+
+async def test_direct_copy_falls_back_to_merge_when_a_key_exists(
+    db: DatabaseOptimizer, leads_table: str, database_url: str
+) -> None:
+    # Row 1 is not in the probe's sample of a 1,000-row batch: the direct COPY hits the
+    # unique index, rolls back to its savepoint, and the batch is merged instead.
+    await db.bulk_upsert(leads_table, leads(1, "old", start=1))
+    result = await db.bulk_upsert(leads_table, leads(1_000, "new"), batch_size=1_000)
+    assert (result.inserted, result.updated) == (999, 1)
+    assert query(
+        database_url,
+        f'SELECT count(*), count(*) FILTER (WHERE full_name LIKE %s) FROM "{leads_table}"',
+        "% new",
+    ) == [(1_000, 1_000)]
+
+
+# -- timeouts, masking --------------------------------------------------------------------
+
+
+async def test_statement_timeout_is_set_on_every_connection(
+    database_url: str, settings: Settings
+) -> None:
+    async with DatabaseOptimizer(
+        database_url, pool_size=1, statement_timeout=0.3, settings=settings
+    ) as db:
+        assert await db.fetch("SHOW statement_timeout") == [{"statement_timeout": "300ms"}]
+        started = time.monotonic()
+        with pytest.raises(DatabaseError, match=r"QueryCanceled|statement timeout"):
+            await db.fetch("SELECT pg_sleep(5)")
+        assert time.monotonic() - started < 2
+        assert await db.fetch("SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_bad_statement_timeout_is_refused() -> None:
+    for bad in (0, -1, float("inf"), "5", True):
+        with pytest.raises(ConfigError) as info:
+            DatabaseOptimizer("postgresql://u@h/d", settings=Settings(), statement_timeout=bad)
+        assert info.value.key == "statement_timeout"
+
+
+async def test_password_query_parameter_is_masked(settings: Settings) -> None:
+    opt = DatabaseOptimizer(
+        "postgresql://lead@127.0.0.1:1/nope?password=s3cret-pw&sslmode=disable",
+        pool_timeout=2,
+        settings=settings,
+    )
+    assert "s3cret-pw" not in repr(opt)
+    assert "sslmode=disable" in repr(opt)
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await opt.open()
+    assert "s3cret-pw" not in str(info.value)
+    assert "password=***" in str(info.value)
+    await opt.close()
+    kv = DatabaseOptimizer("host=127.0.0.1 password='p w' dbname=x", settings=settings)
+    assert "p w" not in repr(kv)
+
+
+async def test_terminated_backends_are_replaced_before_callers_get_them(
+    database_url: str, settings: Settings, unique_name: str
+) -> None:
+    dsn = f"{database_url}{'&' if '?' in database_url else '?'}application_name={unique_name}"
+    async with DatabaseOptimizer(dsn, pool_size=3, max_overflow=0, settings=settings) as db:
+        with admin(database_url) as conn:
+            killed = conn.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (unique_name,),
+            ).fetchone()
+        assert killed == (3,)
+        started = time.monotonic()
+        for _ in range(6):
+            assert await db.fetch("SELECT 1 AS one") == [{"one": 1}]
+        assert time.monotonic() - started < 5
+        assert db.stats().connections_lost >= 1

@@ -36,8 +36,8 @@ __all__ = ["PoolOptions", "borrow", "bounded", "describe", "open_pool", "with_ti
 # (or pool_timeout, if shorter) instead of letting the pool retry in the background.
 OPEN_TIMEOUT = 10.0
 # A check is one empty query on an idle connection: a live one answers in well under a
-# millisecond on a LAN, so a few seconds only ever expire on a dead or frozen link.
-CHECK_TIMEOUT = 3.0
+# millisecond on a LAN, so two seconds only ever expire on a dead or frozen link.
+CHECK_TIMEOUT = 2.0
 # Slack on top of statement_timeout before the client gives up on an answer: the server
 # needs a moment to notice its own timeout and to send the error back.
 CLIENT_GRACE = 2.0
@@ -61,6 +61,14 @@ class PoolOptions:
         if self.statement_timeout is None:
             return math.inf
         return self.statement_timeout + CLIENT_GRACE
+
+    @property
+    def borrow_deadline(self) -> float:
+        """Client-side bound on getting a checked connection (seconds).
+
+        The pool's own wait, plus one failed check and one sweep of the idle connections.
+        """
+        return self.timeout + 2 * CHECK_TIMEOUT + CLIENT_GRACE
 
     @property
     def connect_timeout(self) -> int:
@@ -136,7 +144,7 @@ class _Checker:
             return
         self.sweeping = True
         try:
-            with anyio.move_on_after(CHECK_TIMEOUT * 2):
+            with anyio.move_on_after(CHECK_TIMEOUT):
                 await self.pool.check()
         finally:
             self.sweeping = False
@@ -183,8 +191,9 @@ async def borrow(
     """A checked pooled connection; committed on clean exit, rolled back on error."""
     try:
         cm = pool.connection()
-        conn = await cm.__aenter__()
-    except pool_mod.PoolTimeout:
+        with anyio.fail_after(opts.borrow_deadline):
+            conn = await cm.__aenter__()
+    except (pool_mod.PoolTimeout, TimeoutError):
         raise DatabaseUnavailableError(
             f"no pooled connection to {opts.masked} became free within {opts.timeout:g}s; "
             "raise DB_POOL_SIZE/DB_MAX_OVERFLOW or DB_POOL_TIMEOUT, or check that the "

@@ -7,10 +7,11 @@ ends it. When the connection dies during ``COMMIT`` the client cannot know wheth
 server committed, so the executor asks the server (``txid_status``) on another connection;
 the report never counts a batch the table does not hold, nor misses one it does.
 
-Inside a batch, keys that are all new (one ``EXISTS`` probe over an index) are COPYed
-straight into the table; otherwise the batch is COPYed into a temporary table and merged
-with ``INSERT ... ON CONFLICT DO UPDATE``. A concurrent writer that adds one of the keys
-between probe and COPY only costs a retry through the merge, inside a savepoint.
+Inside a batch, keys that look all new (an ``EXISTS`` probe of a sample of them over the
+unique index) are COPYed straight into the table, in a savepoint; if one of them exists
+after all (the sample missed it, or a concurrent writer added it), the unique index
+refuses the COPY, the savepoint rolls back, and the batch takes the general path: COPY
+into a temporary table and ``INSERT ... ON CONFLICT DO UPDATE``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ __all__ = ["BatchCounts", "BatchFailed", "Executor", "Outcome", "upsert_error"]
 # What a value binary COPY cannot dump as its column's type raises; text COPY then lets
 # the server parse it instead.
 DUMP_ERRORS = (TypeError, ValueError, AttributeError, OverflowError, struct.error)
+# Keys probed per batch before trying a direct COPY (see Executor._looks_new).
+PROBE_SAMPLE = 64
 Borrow = Callable[[], AbstractAsyncContextManager["AsyncConnection[Any]"]]
 
 
@@ -244,7 +247,7 @@ class Executor:
     async def _write(self, conn: AsyncConnection[Any], start: int, end: int) -> BatchCounts:
         st = self.plan.statements
         batch = self.plan.records[start:end]
-        if st.exists is not None and await self._all_new(conn, st.exists, batch):
+        if st.exists is not None and await self._looks_new(conn, st.exists, batch):
             try:
                 async with conn.transaction():  # a savepoint: a lost race undoes only this
                     await self._copy(conn, st.copy_table_binary, st.copy_table_text, batch)
@@ -262,11 +265,17 @@ class Executor:
         inserted, total = int(row[0]), int(row[1])
         return BatchCounts(len(batch), inserted, total - inserted, len(batch) - total)
 
-    async def _all_new(
+    async def _looks_new(
         self, conn: AsyncConnection[Any], exists: sql.Composed, batch: list[tuple[Any, ...]]
     ) -> bool:
-        index = self.plan.key_index
-        keys = list(map(operator.itemgetter(*index), batch))
+        """Whether none of an evenly spread sample of the batch's keys is in the table.
+
+        A sample, not every key: probing 25,000 keys cost about a tenth of the batch's
+        whole time. A wrong guess is still correct, only slower: the direct COPY then hits
+        the unique index, its savepoint rolls back, and the batch is merged.
+        """
+        step = max(1, len(batch) // PROBE_SAMPLE)
+        keys = list(map(operator.itemgetter(*self.plan.key_index), batch[::step]))
         try:
             payload = json.dumps(keys)
             async with conn.transaction():  # a savepoint: a failed probe only means "merge"
