@@ -267,7 +267,8 @@ FRAMING = {
     "Content-Length: +5": b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
     "Content-Length: 1_0": b"HTTP/1.1 200 OK\r\nContent-Length: 1_0\r\n\r\nhellohello",
     "Content-Length: 0x5": b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello",
-    "chunk size +5": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+    "chunk size +5": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"+5\r\nhello\r\n0\r\n\r\n",
     "chunk size 1_0": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"1_0\r\nhellohello\r\n0\r\n\r\n",
     "chunk size 0x5": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -519,7 +520,9 @@ async def test_a_brotli_bomb_stops_at_the_cap_inside_the_deadline(
         await asyncio.sleep(0.03)  # the ticker measures the gap the decoding left
         ticking.cancel()
     assert elapsed < 3.0  # refused by the cap, well inside the request's deadline
-    assert max(gaps) < 2.0  # the loop ran again after at most one capped decode
+    # Decoding is spread over callbacks: no single stall takes most of the request (one
+    # synchronous decode up to the cap would: 0.1-0.3 s with nothing else running).
+    assert max(gaps) < max(0.1, 0.6 * elapsed)
     assert (await get(engine, server.url("/next"))).content == b"missing"
     reliability.record(
         AREA,

@@ -18,7 +18,7 @@ import httptools
 from .._request import Limits
 from ._decode import BadResponse, Decoder, TooLarge, body_too_large, make_decoder
 
-__all__ = ["BadResponse", "Exchange", "ResponseParser", "TooLarge"]
+__all__ = ["BUSY", "BadResponse", "Busy", "Exchange", "ResponseParser", "TooLarge"]
 
 
 class Exchange:
@@ -31,6 +31,14 @@ class Exchange:
         self.headers = headers
         self.body = body
         self.reusable = reusable
+
+
+class Busy:
+    """The type of :data:`BUSY`."""
+
+
+BUSY = Busy()  # decoding has work left: pause reading, call pump() on a later callback
+_STEPS = 4  # decode steps (256 KiB each, about 1 MiB in all) per event-loop callback
 
 
 class _Stop(Exception):
@@ -48,10 +56,12 @@ class ResponseParser:
 
     __slots__ = (
         "_body",
+        "_budget",
         "_count",
         "_decoder",
         "_done",
         "_encoding",
+        "_ending",
         "_error",
         "_framed",
         "_head_bytes",
@@ -101,6 +111,8 @@ class ResponseParser:
         self._length = -1
         self._encoding: bytes | None = None
         self._decoder: Decoder | None = None
+        self._ending = False  # the message ended; its body is still being decoded
+        self._budget = 0  # decode steps this event-loop callback may still take
         self._body: list[bytes] = []
         self._raw = 0
         self._status = 0
@@ -108,9 +120,12 @@ class ResponseParser:
 
     # -- driven by the connection ---------------------------------------------------------
 
-    def feed(self, data: bytes) -> Exchange | None:
-        """Parse one read; the :class:`Exchange` once the response is complete, else None."""
+    def feed(self, data: bytes) -> Exchange | Busy | None:
+        """Parse one read: the :class:`Exchange` once the response is complete, None for
+        more bytes, or :data:`BUSY` while decoding has work left (call :meth:`pump` later,
+        reading paused)."""
         size = len(data)
+        self._budget = _STEPS
         self.fed += size
         headers_done = self._headers_done
         if not headers_done:
@@ -122,7 +137,7 @@ class ResponseParser:
             self._p.feed_data(data)
         except httptools.HttpParserError as exc:
             error = self._error
-            if self._done is None:
+            if self._done is None and not self._ending:
                 if isinstance(error, BadResponse | TooLarge):
                     raise error from None
                 raise BadResponse(_reason(exc)) from None
@@ -136,6 +151,8 @@ class ResponseParser:
             if self._leftover:
                 done.reusable = False
             return done
+        if self._decoder is not None and (self._ending or self._budget <= 0):
+            return BUSY  # this read's decoding budget is spent: go on in a later callback
         limits = self._limits
         if not self._headers_done:
             # However the head arrives (one 100 KB line in one segment or many small
@@ -151,6 +168,32 @@ class ResponseParser:
             self._stall = 0
         return None
 
+    def pump(self) -> Exchange | Busy | None:
+        """Decode a bounded amount more: like :meth:`feed`, without new bytes."""
+        decoder = self._decoder
+        assert decoder is not None
+        steps = _STEPS
+        more = True
+        while steps > 0:
+            steps -= 1
+            if not self._step(decoder):
+                more = False
+                break
+        if more:
+            return BUSY
+        if self._ending:
+            done = self._done = self._complete(self._keep_alive and not self._leftover)
+            return done
+        return None
+
+    def _step(self, decoder: Decoder) -> bool:
+        try:
+            return decoder.step(self._body)
+        except (BadResponse, TooLarge):
+            raise
+        except Exception as exc:  # zlib.error, brotli.error: the coding is broken
+            raise _undecodable(exc) from None
+
     def eof(self, exc: BaseException | None) -> Exchange:
         """The peer closed (``exc`` None) or reset (``exc`` set) the connection.
 
@@ -161,7 +204,14 @@ class ResponseParser:
         """
         if self._done is not None:
             return self._done
-        if self._headers_done and not self._framed and exc is None and not self._interim:
+        if self._ending or (
+            self._headers_done and not self._framed and exc is None and not self._interim
+        ):
+            # Reading is paused while decoding works, so a close here comes after it;
+            # whatever is left is bounded by max_body_size.
+            decoder = self._decoder
+            while decoder is not None and self._step(decoder):
+                pass
             return self._complete(False)
         if not self.fed:
             reason = f": {exc}" if exc is not None else ""
@@ -177,7 +227,7 @@ class ResponseParser:
         return error
 
     def on_message_begin(self) -> None:
-        if self._done is not None:  # a second response nobody asked for
+        if self._done is not None or self._ending:  # a second response nobody asked for
             self._leftover = True
             raise _Stop
 
@@ -271,16 +321,22 @@ class ResponseParser:
         if decoder is None:
             self._body.append(body)
             return
+        decoder.push(body)
+        # Decode as it comes, a few steps per read; a bomb's excess waits for pump().
         try:
-            decoder.feed(body, self._body)
+            while self._budget > 0:
+                self._budget -= 1
+                if not self._step(decoder):
+                    break
         except (BadResponse, TooLarge) as exc:
             raise self._fail(exc) from None
-        except Exception as exc:  # zlib.error, brotli.error: the coding is broken
-            raise self._fail(_undecodable(exc)) from None
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._reset_head()
+            return
+        if self._decoder is not None and self._budget <= 0:
+            self._ending = True  # pump() finishes the decoding, then the response
             return
         try:
             self._done = self._complete(self._keep_alive)
@@ -291,6 +347,8 @@ class ResponseParser:
         decoder = self._decoder
         if decoder is not None:
             try:
+                while self._step(decoder):  # only left over when within this read's budget
+                    pass
                 decoder.finish()
             except BadResponse:
                 raise

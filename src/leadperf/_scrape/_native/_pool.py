@@ -15,7 +15,7 @@ from collections import deque
 
 from ...errors import ScrapeConnectionError
 from .._request import Limits
-from ._parser import BadResponse, Exchange, ResponseParser, TooLarge
+from ._parser import BadResponse, Busy, Exchange, ResponseParser, TooLarge
 from ._resolve import Resolver
 
 __all__ = ["KEEPALIVE_EXPIRY", "Connection", "Origin", "Pool"]
@@ -34,6 +34,7 @@ class Connection(asyncio.Protocol):
         "keep_alive",
         "origin",
         "parser",
+        "paused",
         "pool",
         "transport",
         "uses",
@@ -50,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.keep_alive = True
         self.idle_since = 0.0
         self.uses = 0
+        self.paused = False  # reading paused while decoding catches up
 
     @property
     def got_bytes(self) -> bool:
@@ -81,15 +83,48 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         try:
-            exchange = self.parser.feed(data)
+            result = self.parser.feed(data)
         except (BadResponse, TooLarge) as exc:
             waiter.set_exception(exc)
             self.abort()
             return
-        if exchange is not None:
-            if not exchange.reusable:
-                self.keep_alive = False
-            waiter.set_result(exchange)
+        if result is not None:
+            self._settle(result, waiter)
+
+    def _settle(self, result: Exchange | Busy, waiter: asyncio.Future[Exchange]) -> None:
+        transport = self.transport
+        assert transport is not None
+        if isinstance(result, Busy):
+            # Decoding has more work than one callback should do (a compression bomb
+            # stopping at its cap, a large compressed body): stop reading, go on later,
+            # and let the loop (and the request's deadline timer) run in between.
+            if not self.paused:
+                self.paused = True
+                transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._pump)
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        if not result.reusable:
+            self.keep_alive = False
+        waiter.set_result(result)
+
+    def _pump(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.closed:
+            return  # timed out meanwhile: the engine drops this connection
+        try:
+            result = self.parser.pump()
+        except (BadResponse, TooLarge) as exc:
+            waiter.set_exception(exc)
+            self.abort()
+            return
+        if result is not None:
+            self._settle(result, waiter)
+        elif self.paused and self.transport is not None:
+            self.paused = False  # the body decoded so far: read the rest
+            self.transport.resume_reading()
 
     # -- used by the engine ---------------------------------------------------------------
 
