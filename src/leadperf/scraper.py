@@ -334,7 +334,12 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         limits = self._limits.get(key)
         if limits is None:
             return Platform(key, self.max_concurrent)
-        return Platform(key, limits.max_concurrent or self.max_concurrent, limits.delay)
+        return Platform(
+            key,
+            limits.max_concurrent or self.max_concurrent,
+            limits.delay,
+            adaptive=limits.adaptive,
+        )
 
     def _forget_idle_platforms(self) -> None:
         # A platform with queued jobs is never idle, so one host never gets two limiters.

@@ -130,14 +130,29 @@ class AiohttpEngine:
                 max_redirects=limits.max_redirects,
                 **kwargs,
             ) as resp:
-                raw = resp.raw_headers
-                check_head(url, raw, limits)
-                cap = limits.max_body_size
-                length = resp.content_length
-                if length is not None and length > cap and "Content-Encoding" not in resp.headers:
-                    raise body_too_large(url, cap)
-                body = await _read(resp.content, url, cap)
-                status = resp.status
+                try:
+                    raw = resp.raw_headers
+                    status = resp.status
+                    read_to_close = _check_head(url, raw, limits, status, request)
+                    cap = limits.max_body_size
+                    length = resp.content_length
+                    if (
+                        length is not None
+                        and length > cap
+                        and "Content-Encoding" not in resp.headers
+                    ):
+                        raise body_too_large(url, cap)
+                    conn = resp.connection
+                    proto = None if conn is None else conn.protocol  # (a protocol has __len__)
+                    closed = proto.closed if read_to_close and proto is not None else None
+                    body = await _read(resp.content, url, cap)
+                    if closed is not None and closed.done() and closed.exception() is not None:
+                        # aiohttp ends a read-to-close body at a reset as if the server had
+                        # finished it: the body is cut short, not complete.
+                        raise invalid_response_error(url, "connection reset inside the body")
+                except BaseException:
+                    resp.close()  # never hand a connection in an unknown state back to the pool
+                    raise
                 final = str(resp.url) if resp.history else url
         except ScrapeError:
             raise
@@ -161,7 +176,7 @@ class AiohttpEngine:
         text = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
         cause = exc.__cause__ or exc.__context__
         names = f"{text} {type(cause).__name__ if cause else ''} {cause or ''}".lower()
-        if "too long" in names or "too many headers" in names or "toolarge" in names:
+        if any(m in names for m in ("too long", "too many headers", "got more than")):
             return too_large_error(
                 url, "the response head", self._limits.max_head_size, "max_head_size"
             )
@@ -170,6 +185,32 @@ class AiohttpEngine:
     async def aclose(self) -> None:
         """Close the session and every pooled connection."""
         await self._session.close()
+
+
+def _check_head(
+    url: str, raw: tuple[tuple[bytes, bytes], ...], limits: Limits, status: int, request: Request
+) -> bool:
+    """Refuse what llhttp lets through; return True for a read-to-close body.
+
+    Checks the head limits, a header name with white space before its colon (smuggling:
+    ``Content-Length : 5`` is not ``Content-Length``), a Transfer-Encoding whose last
+    coding is not chunked and an unsolicited 101.
+    """
+    check_head(url, raw, limits)
+    framed = False
+    for name, value in raw:
+        if name[-1:] in (b" ", b"\t"):
+            raise invalid_response_error(url, f"white space before the colon in {name!r}")
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            if value.rpartition(b",")[2].strip().lower() != b"chunked":
+                raise invalid_response_error(url, f"Transfer-Encoding {value!r} is not chunked")
+            framed = True
+        elif lower == b"content-length":
+            framed = True
+    if status == 101 and not any(k.lower() == "upgrade" for k, _ in request.headers):
+        raise invalid_response_error(url, "a 101 Switching Protocols nobody asked for")
+    return not framed and status >= 200 and status not in (204, 304) and request.method != "HEAD"
 
 
 async def _read(stream: aiohttp.StreamReader, url: str, cap: int) -> bytes:

@@ -419,8 +419,10 @@ class Pipeline:
         while True:
             attempt += 1
             wait = platform.reserve(delay, time.monotonic())
-            if wait > 0:
+            while wait > 0:
                 await anyio.sleep(wait)
+                # A Retry-After that arrived during the sleep holds this send back too.
+                wait = platform.blocked_until - time.monotonic()
             response, value, error = await self._attempt(
                 url, platform, scrape_func, delay, request, cache
             )

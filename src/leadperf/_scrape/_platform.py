@@ -83,6 +83,7 @@ class Platform:
         "_successes",
         "_timeouts",
         "_waiters",
+        "adaptive",
         "adaptive_delay",
         "blocked_until",
         "in_flight",
@@ -96,8 +97,13 @@ class Platform:
         "throttles",
     )
 
-    def __init__(self, key: str, limit: int, min_delay: float = 0.0) -> None:
+    def __init__(
+        self, key: str, limit: int, min_delay: float = 0.0, *, adaptive: bool = True
+    ) -> None:
         self.key = key
+        #: False: throttle signals never shrink the slots or add spacing (a server's
+        #: ``Retry-After`` is still honoured).
+        self.adaptive = adaptive
         self.max_limit = limit
         self.limit = limit
         self.min_delay = min_delay
@@ -217,7 +223,7 @@ class Platform:
         """A 429/503, a ``Retry-After`` or a run of timeouts: slow this platform down."""
         self.throttles += 1
         self._successes = 0
-        if now - self._escalated_at >= ESCALATE_EVERY:
+        if self.adaptive and now - self._escalated_at >= ESCALATE_EVERY:
             self._escalated_at = now
             self.limit = max(1, self.limit // 2)
             self.adaptive_delay = min(

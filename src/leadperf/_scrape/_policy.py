@@ -134,11 +134,15 @@ class PlatformLimits:
 
     ``max_concurrent``: requests in flight at once (None: the scraper's
     ``max_concurrent``). ``delay``: minimum seconds between request starts, on top of any
-    batch's ``delay_seconds`` (the larger wins). Bad values raise :class:`ConfigError`.
+    batch's ``delay_seconds`` (the larger wins). ``adaptive``: when False, 429/503 answers
+    and runs of timeouts never shrink the platform's slots or add spacing (for a server
+    whose error rate says nothing about load); a ``Retry-After`` is honoured either way.
+    Bad values raise :class:`ConfigError`.
     """
 
     max_concurrent: int | None = attrs.field(default=None)
     delay: float = attrs.field(default=0.0, validator=_number(0))
+    adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     @max_concurrent.validator
     def _check_max_concurrent(self, attribute: attrs.Attribute[Any], value: Any) -> None:
