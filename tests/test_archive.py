@@ -45,7 +45,7 @@ def archiver(database_url: str, schemas: tuple[str, str]) -> Archiver:
     return Archiver(database_url, "leads", schema=live, archive_schema=cold)
 
 
-def run(url: str, query: str | sql.Composable, *args: Any) -> list[tuple[Any, ...]]:
+def run(url: str, query: str | sql.Composed, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(query, args or None)
         return cur.fetchall() if cur.description else []

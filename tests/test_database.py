@@ -22,6 +22,8 @@ from leadperf.errors import (
     DatabaseError,
     DatabaseUnavailableError,
 )
+from leadperf.optimize._upsert_exec import Executor
+from leadperf.optimize._upsert_plan import Column, TableInfo, make_plan
 from leadperf.optimize.database import DatabaseOptimizer, DatabaseStats, UpsertResult
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -582,7 +584,7 @@ async def test_null_keys_on_a_nullable_unique_column_are_each_inserted(
                 sql.Identifier(unique_name)
             )
         )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"ext": None, "v": 1},
         {"ext": "a", "v": 2},
         {"ext": None, "v": 3},
@@ -703,6 +705,7 @@ async def test_statement_timeout_is_set_on_every_connection(
 
 
 def test_bad_statement_timeout_is_refused() -> None:
+    bad: Any
     for bad in (0, -1, float("inf"), "5", True):
         with pytest.raises(ConfigError) as info:
             DatabaseOptimizer("postgresql://u@h/d", settings=Settings(), statement_timeout=bad)
@@ -743,3 +746,78 @@ async def test_terminated_backends_are_replaced_before_callers_get_them(
             assert await db.fetch("SELECT 1 AS one") == [{"one": 1}]
         assert time.monotonic() - started < 5
         assert db.stats().connections_lost >= 1
+
+
+# -- the plan alone (no server) and the executor's commit check ------------------------------
+
+
+def table_info(**columns: tuple[int, str, bool]) -> TableInfo:
+    return TableInfo(
+        name="t",
+        columns={n: Column(n, oid, type_name, nn) for n, (oid, type_name, nn) in columns.items()},
+        unique_keys=(frozenset({"email"}),),
+    )
+
+
+LEADS_INFO = table_info(
+    email=(25, "text", True),
+    score=(23, "integer", False),
+    tags=(1009, "text[]", False),
+    meta=(3802, "jsonb", False),
+    at=(1184, "timestamp with time zone", False),
+)
+
+
+def plan_rows(n: int) -> list[dict[str, Any]]:
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return [
+        {"email": f"p{i}@x", "score": i, "tags": ["a"], "meta": {"i": i}, "at": at}
+        for i in range(n)
+    ]
+
+
+def test_plan_batches_dedupes_and_chooses_binary_copy() -> None:
+    rows = [*plan_rows(10), plan_rows(1)[0] | {"score": 99}]
+    plan = make_plan(LEADS_INFO, None, rows, ("email",), batch_size=4)
+    assert (plan.rows, plan.duplicates, len(plan.records)) == (11, 1, 10)
+    assert plan.batches == [(0, 4), (4, 8), (8, 10)]
+    assert plan.records[0][1] == 99  # the last row of a repeated key wins
+    assert plan.binary
+    assert plan.statements.exists is not None
+
+
+def test_plan_falls_back_to_text_copy_where_binary_would_differ() -> None:
+    naive = plan_rows(3)
+    naive[2]["at"] = dt.datetime(2026, 1, 1)  # follows the session time zone only in text
+    assert not make_plan(LEADS_INFO, None, naive, ("email",), batch_size=10).binary
+    as_text = plan_rows(3)
+    as_text[1]["score"] = "42"  # the server parses it, as in an INSERT
+    assert not make_plan(LEADS_INFO, None, as_text, ("email",), batch_size=10).binary
+
+
+def test_plan_refuses_before_any_server_is_asked() -> None:
+    rows = plan_rows(5)
+    rows[4]["score"] = 2**31
+    with pytest.raises(ConfigError, match="row 4, column 'score'"):
+        make_plan(LEADS_INFO, None, rows, ("email",), batch_size=10)
+    with pytest.raises(BulkUpsertError, match="do not exist"):
+        make_plan(LEADS_INFO, None, [{"email": "a", "nope": 1}], ("email",), batch_size=10)
+    with pytest.raises(BulkUpsertError, match="no unique index"):
+        make_plan(LEADS_INFO, None, plan_rows(2), ("score",), batch_size=10)
+    shapes = plan_rows(3)
+    del shapes[1]["tags"]
+    shapes[1]["other"] = 1
+    with pytest.raises(ConfigError, match=r"row 1 is missing \['tags'\] and has extra"):
+        make_plan(LEADS_INFO, None, shapes, ("email",), batch_size=10)
+
+
+async def test_commit_outcome_is_learned_from_the_server(db: DatabaseOptimizer) -> None:
+    plan = make_plan(LEADS_INFO, None, plan_rows(1), ("email",), batch_size=10)
+    executor = Executor(plan, psycopg, db.connection, 5.0, ())
+    async with db.connection() as conn:
+        committed = (await (await conn.execute("SELECT txid_current()")).fetchone() or [0])[0]
+        await conn.commit()
+        aborted = (await (await conn.execute("SELECT txid_current()")).fetchone() or [0])[0]
+        await conn.rollback()
+    assert await executor._status(committed) == "committed"
+    assert await executor._status(aborted) == "aborted"
