@@ -23,7 +23,7 @@ from ...errors import (
     TooManyRedirectsError,
     UnsafeRequestError,
 )
-from .._engine import RawHeaders, Response, connection_error, timeout_error
+from .. import _engine as seam  # the module, not its names: no import cycle either way
 from .._request import DEFAULT_LIMITS, Limits, Request
 from ._decode import ACCEPT_ENCODING
 from ._parser import BadResponse, Exchange, TooLarge
@@ -119,7 +119,7 @@ class NativeEngine:
             self._methods.add(method)
         return checked
 
-    async def request(self, request: Request) -> Response:
+    async def request(self, request: Request) -> seam.Response:
         """Send one request, follow redirects, return the decoded response.
 
         Raises:
@@ -158,7 +158,7 @@ class NativeEngine:
             exc.url = url
             raise
         except TimeoutError as exc:
-            raise timeout_error(url, budget) from exc
+            raise seam.timeout_error(url, budget) from exc
         except BadResponse as exc:
             raise InvalidResponseError(f"{mask_url(url)}: {exc}", url=url) from exc
         except TooLarge as exc:
@@ -167,11 +167,11 @@ class NativeEngine:
                 url=url,
             ) from exc
         except OSError as exc:
-            raise connection_error(url, exc) from exc
-        return Response(
+            raise seam.connection_error(url, exc) from exc
+        return seam.Response(
             exchange.status,
             exchange.body,
-            RawHeaders.from_flat(exchange.headers),
+            seam.RawHeaders.from_flat(exchange.headers),
             target.url,
             time.perf_counter() - start,
         )
