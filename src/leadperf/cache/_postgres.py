@@ -79,9 +79,9 @@ class PostgresCache(BaseCache):
     bounds opening (seconds). ``timeout`` (seconds, default 5) bounds every call, waiting
     for a pooled connection included: the server aborts a statement running longer
     (``statement_timeout``) and the client gives up on a server that does not answer (a
-    frozen network), so a call is a miss or a counted error after ``timeout``. The pool
-    checks a connection before handing it out (no round trip unless its socket shows the
-    server closed it), so a terminated backend is replaced instead of failing a caller.
+    frozen network), so a call is a miss or a counted error after ``timeout``. Each pooled
+    connection is checked before use (no round trip unless its socket shows the server
+    closed it), so a terminated backend is replaced instead of failing a caller.
     Expired rows and rows not written for ``retention`` (30 days) are removed by a
     background job every ``cleanup_interval`` seconds (default 300, with jitter; None
     turns it off), one process at a time through an advisory lock; :meth:`cleanup` runs
@@ -255,7 +255,6 @@ class PostgresCache(BaseCache):
             # libpq's connect_timeout is whole seconds, 2 at least.
             kwargs={"autocommit": True, "connect_timeout": max(2, math.ceil(self.connect_timeout))},
             configure=self._configure,
-            check=_check_connection,
             # A refused connection is retried with backoff for this long, then given up:
             # the next caller starts a fresh attempt, so recovery after an outage is quick.
             reconnect_timeout=max(2.0, self.connect_timeout),
@@ -301,7 +300,7 @@ class PostgresCache(BaseCache):
         seconds = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        conn = await self._pool.getconn(timeout=seconds)
+        conn = await self._checked_conn(loop, deadline)
         severed: list[bool] = []
         timer = loop.call_at(deadline, _sever, conn, severed)
         try:
@@ -315,6 +314,20 @@ class PostgresCache(BaseCache):
         finally:
             timer.cancel()
             await self._pool.putconn(conn)
+
+    async def _checked_conn(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Any:
+        """A pooled connection that is still alive; dead ones go back to be replaced.
+
+        This is the pool's ``check`` done here: psycopg-pool sleeps with backoff (1 s,
+        2 s ...) after each failed check, and after a server restart every idle connection
+        fails one, so callers would wait seconds for what takes milliseconds.
+        """
+        for _ in range(self.max_size + 1):
+            conn = await self._pool.getconn(timeout=max(0.001, deadline - loop.time()))
+            if await _alive(conn):
+                return conn
+            await self._pool.putconn(conn)  # broken: discarded, and the pool opens another
+        return await self._pool.getconn(timeout=max(0.001, deadline - loop.time()))
 
     async def _fetchone(self, query: str, params: Sequence[Any]) -> Any:
         async def op(conn: Any) -> Any:
@@ -439,17 +452,18 @@ class PostgresCache(BaseCache):
             raise self._unavailable_error(exc) from exc
 
 
-async def _check_connection(conn: Any) -> None:
-    """Pool check: fail a connection the server closed, without a round trip when idle.
+async def _alive(conn: Any) -> bool:
+    """False for a connection the server closed; a round trip only when it looks closed.
 
     An idle connection has nothing to read; a readable socket means the server sent
     something (a termination notice, EOF), so only then is a round trip spent to decide.
     """
     if conn.closed or conn.broken:
-        raise ConnectionError("connection closed")
-    fd = conn.pgconn.socket
-    readable, _, _ = select.select([fd], [], [], 0)
-    if readable:
-        from psycopg_pool import AsyncConnectionPool
-
-        await AsyncConnectionPool.check_connection(conn)
+        return False
+    try:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        if readable:
+            await conn.execute("")
+    except Exception:
+        return False
+    return True
