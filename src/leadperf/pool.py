@@ -50,6 +50,7 @@ from .config import Settings
 from .errors import (
     BrowserCrashedError,
     ClosedError,
+    LeadperfError,
     PoolError,
     PoolExhaustedError,
 )
@@ -284,7 +285,8 @@ class ChromePool:
         """``with pool.session(task_id) as driver:`` acquire, then release on exit.
 
         If the browser crashed while lent, the block's error (or a clean exit) becomes
-        :class:`BrowserCrashedError`, chained to the original.
+        :class:`BrowserCrashedError`, chained to the original; if the pool was closed
+        while the block ran, the block's driver error becomes :class:`ClosedError`.
         """
         driver = self.acquire(task_id, timeout)
         try:
@@ -524,12 +526,19 @@ class ChromePool:
         instance.close()
 
     def _release_after_error(self, task_id: Any, driver: WebDriver, error: BaseException) -> None:
+        closed = self._closed
         try:
             self.release(task_id, driver)
         except BrowserCrashedError as crash:
             if isinstance(error, Exception) and not isinstance(error, BrowserCrashedError):
                 raise crash from error
             # Cancellation and interrupts keep their meaning; the instance is already gone.
+        if closed and isinstance(error, Exception) and not isinstance(error, LeadperfError):
+            # The driver call failed because close() stopped the browser under the task.
+            raise ClosedError(
+                f"this ChromePool was closed while task {task_id!r} held a driver; its browser "
+                "was stopped"
+            ) from error
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None:

@@ -164,8 +164,8 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._process = None
         if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                os.close(proc.stdin.fileno())
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
 
 
 _watchdog = _Watchdog()

@@ -31,16 +31,20 @@ from .ports import release_port, reserve_port
 __all__ = ["LocalProcesses", "alive", "find_browser", "teardown"]
 
 _EXIT_WAIT_S = 10.0
+# Chrome puts its singleton socket at <TMPDIR>/org.chromium.Chromium.XXXXXX/SingletonSocket,
+# and a Unix socket path holds at most 107 bytes: leave room for that tail.
+_SOCKET_TAIL = len("/t/org.chromium.Chromium.XXXXXX/SingletonSocket")
+_UNIX_PATH_MAX = 107
 
 
 class LocalProcesses:
     """The profile, ports and chromedriver process of one local instance."""
 
     def __init__(self) -> None:
-        self.user_data_dir = tempfile.mkdtemp(prefix="leadperf-chrome-")
+        self.user_data_dir = tempfile.mkdtemp(prefix="leadperf-chrome-", dir=_profile_parent())
         # Registered before anything starts, so a host dying from here on leaves nothing.
         watchdog().register_dir(self.user_data_dir)
-        self.tmp_dir = os.path.join(self.user_data_dir, "tmp")
+        self.tmp_dir = os.path.join(self.user_data_dir, "t")
         os.mkdir(self.tmp_dir)
         self.driver_port = reserve_port()
         self.debug_port = reserve_port()
@@ -104,6 +108,16 @@ class LocalProcesses:
         watchdog().forget(self.user_data_dir)
         release_port(self.driver_port)
         release_port(self.debug_port)
+
+
+def _profile_parent() -> str | None:
+    """Where profiles go: the temp dir, unless its path is too long for Chrome's socket."""
+    parent = tempfile.gettempdir()
+    if len(parent) + len("/leadperf-chrome-XXXXXXXX") + _SOCKET_TAIL <= _UNIX_PATH_MAX:
+        return None
+    if os.name == "posix" and os.path.isdir("/tmp") and os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    return None
 
 
 @functools.cache
