@@ -75,7 +75,7 @@ def lead_rows(n: int, run: str) -> list[dict[str, Any]]:
     ]
 
 
-OPTIONS: dict[str, int] = {}
+OPTIONS: dict[str, Any] = {}
 APP = "leadperf-bench"
 # One run's measurements: wall seconds, client CPU seconds, server CPU seconds.
 Sample = tuple[float, float, float]
@@ -84,7 +84,7 @@ Sample = tuple[float, float, float]
 def backend_cpu(pids: list[int]) -> dict[int, float]:
     """CPU seconds (user + system) of local server backends, from /proc (empty if remote)."""
     tick = os.sysconf("SC_CLK_TCK")
-    found = {}
+    found: dict[int, float] = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -110,14 +110,14 @@ class CpuMeter:
     async def __aenter__(self) -> CpuMeter:
         self.wall = time.perf_counter()
         self.client = time.process_time()
-        self.server = backend_cpu(await self.pids())
+        self.before = backend_cpu(await self.pids())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.client = time.process_time() - self.client
         self.wall = time.perf_counter() - self.wall
         after = backend_cpu(await self.pids())
-        self.server = sum(cpu - self.server.get(pid, 0.0) for pid, cpu in after.items())
+        self.server = sum(cpu - self.before.get(pid, 0.0) for pid, cpu in after.items())
 
     def sample(self) -> Sample:
         return self.wall, self.client, self.server
@@ -161,22 +161,29 @@ async def run_executemany(
 
 
 async def copy_floor(
-    dsn: str, admin: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]
+    dsn: str, admin: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]], *, binary: bool
 ) -> Sample:
     """Plain COPY of the rows into a fresh, empty table: no upsert, one connection.
 
     Not a contender (it cannot update), but the floor any COPY-based upsert of this table
-    stands on: what loading these rows costs this client and server at all.
+    stands on: what loading these rows costs this client and server at all. ``binary``
+    uses psycopg's binary COPY with the column types set (its own dumpers, as a user of
+    psycopg alone would write it); otherwise text COPY, psycopg's default.
     """
     table = f"bench_floor_{uuid.uuid4().hex[:8]}"
     await admin.execute(sql.SQL(DDL).format(sql.Identifier(table)))
     try:
-        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+            sql.SQL(" (FORMAT BINARY)" if binary else ""),
         )
+        types = ["text"] * 6 + ["int4", "text[]", "text", "timestamptz"]
         conn = await psycopg.AsyncConnection.connect(dsn)
         async with conn, CpuMeter(admin) as meter:
             async with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                if binary:
+                    copy.set_types(types)
                 for row in rows:
                     await copy.write_row(tuple(row[c] for c in COLUMNS))
             await conn.commit()
@@ -236,7 +243,10 @@ async def main() -> None:
                     await admin.execute(
                         sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table))
                     )
-        floors = [await copy_floor(dsn, admin, runs[0]) for _ in range(args.rounds)]
+        floors = [await copy_floor(dsn, admin, runs[0], binary=False) for _ in range(args.rounds)]
+        binary_floors = [
+            await copy_floor(dsn, admin, runs[0], binary=True) for _ in range(args.rounds)
+        ]
 
     def pick(name: str, run: int, what: int, how: Any) -> float:
         return float(how(r[run][what] for r in results[name]))
@@ -264,12 +274,17 @@ async def main() -> None:
                 f"| {base_cpu / (client + server):.2f}x |"
             )
 
-    wall, client, server = min(floors)
-    print(
-        f"\nFloor: plain COPY of the same {args.rows:,} rows into an empty table (no upsert, "
-        f"one connection), best of {args.rounds}: {wall:.3f} s = {args.rows / wall:,.0f} rows/s, "
-        f"CPU {client + server:.2f} s ({client:.2f} + {server:.2f})"
-    )
+    ours = contenders[1][0]
+    for label, samples in (("text", floors), ("binary", binary_floors)):
+        wall, client, server = min(samples)
+        print(
+            f"\nFloor ({label}): plain {label} COPY of the same {args.rows:,} rows into an empty "
+            f"table (no upsert, one connection), best of {args.rounds}: {wall:.3f} s = "
+            f"{args.rows / wall:,.0f} rows/s, CPU {client + server:.2f} s "
+            f"({client:.2f} + {server:.2f}); bulk_upsert best wall against it: insert "
+            f"{wall / pick(ours, 0, 0, min):.2f}x, update {wall / pick(ours, 1, 0, min):.2f}x "
+            "of the floor (1.00x = as fast as the floor)"
+        )
 
 
 if __name__ == "__main__":

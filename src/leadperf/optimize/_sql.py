@@ -116,26 +116,37 @@ def fast_array_dumpers() -> list[type]:
         return struct.pack("!iiIii", 1, int(has_null), elem_oid, len(items), 1)
 
     def text_array(elem_oid: int, array_oid: int) -> type:
+        # Headers of NULL-free 1-D arrays by length, built once: most arrays are short.
+        heads = {n: struct.pack("!iiIii", 1, 0, elem_oid, n, 1) for n in range(1, 33)}
+
         class TextArrayDumper(Dumper):
             format = Format.BINARY
             oid = array_oid
 
             def dump(self, obj: Any) -> bytes:
-                if not isinstance(obj, list):
+                if type(obj) is not list:
                     raise TypeError(f"expected a list, got {type(obj).__name__}")
                 if None in obj:
-                    parts = [header(elem_oid, obj, True)]
-                    for item in obj:
-                        if item is None:
-                            parts.append(null)
-                        else:
-                            data = _text(item)
-                            parts.append(pack_len(len(data)) + data)
-                    return b"".join(parts)
-                encoded = [_text(item) for item in obj]
-                return header(elem_oid, obj, False) + b"".join(
-                    [pack_len(len(data)) + data for data in encoded]
-                )
+                    return self._with_nulls(obj)
+                parts = [heads.get(len(obj)) or header(elem_oid, obj, False)]
+                append = parts.append
+                for item in obj:
+                    if type(item) is not str:
+                        raise TypeError(f"array element {type(item).__name__} is not a str")
+                    data = item.encode()
+                    append(pack_len(len(data)))
+                    append(data)
+                return b"".join(parts)
+
+            def _with_nulls(self, obj: list[Any]) -> bytes:
+                parts = [header(elem_oid, obj, True)]
+                for item in obj:
+                    if item is None:
+                        parts.append(null)
+                    else:
+                        data = _text(item)
+                        parts.append(pack_len(len(data)) + data)
+                return b"".join(parts)
 
         return TextArrayDumper
 
