@@ -341,20 +341,29 @@ class MetricsRegistry:
         return out
 
     def to_prometheus(self) -> str:
-        """Prometheus text exposition (version 0.0.4) of :meth:`collect`."""
-        lines: list[str] = []
-        for source, metrics in self.collect().items():
-            for metric, value in sorted(metrics.items()):
-                name = f"{self.prefix}_{source}_{metric}"
-                lines.append(f"# TYPE {name} gauge")
-                lines.append(f"{name} {_prom_value(value)}")
-        lines.append(f"# TYPE {self.prefix}_source_errors gauge")
-        lines.append(f"{self.prefix}_source_errors {len(self.errors)}")
-        return "\n".join(lines) + "\n"
+        """Prometheus text exposition (format 0.0.4) of :meth:`collect`, one gauge per
+        number, written by the ``prometheus_client`` library."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.registry import Collector
 
+        data = self.collect()
+        errors = len(self.errors)
+        prefix = self.prefix
 
-def _prom_value(value: float) -> str:
-    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+        class _Snapshot(Collector):
+            def collect(self) -> Iterator[GaugeMetricFamily]:
+                for source, metrics in data.items():
+                    for metric, value in sorted(metrics.items()):
+                        name = f"{prefix}_{source}_{metric}"
+                        yield GaugeMetricFamily(name, f"{source} {metric}", value=value)
+                yield GaugeMetricFamily(
+                    f"{prefix}_source_errors", "metric sources that failed", value=errors
+                )
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot())
+        return generate_latest(registry).decode("utf-8")
 
 
 _registry: MetricsRegistry | None = None

@@ -57,9 +57,16 @@ async def ping_cache(cache: Any) -> dict[str, Any]:
     error: str | None = None
     for tier in _cache_tiers(cache):
         before = tier.stats().errors
+        failure: Exception | None = None
         with anyio.move_on_after(_CHECK_TIMEOUT) as scope:
-            await tier.exists(_PING_KEY)
-        if scope.cancelled_caught:
+            try:
+                await tier.exists(_PING_KEY)
+            except LeadperfError as exc:  # a tier built with raise_errors (a tiered remote)
+                failure = exc
+        if failure is not None:
+            # The class only: a backend's message may quote its URL.
+            error = f"{tier.scheme} cache cannot reach its server ({type(failure).__name__})"
+        elif scope.cancelled_caught:
             error = f"{tier.scheme} cache did not answer within {_CHECK_TIMEOUT:g}s"
         elif tier.stats().errors > before:
             error = f"{tier.scheme} cache cannot reach its server"
@@ -83,7 +90,7 @@ async def ping_database(db: Any) -> dict[str, Any]:
     except TimeoutError:
         error = f"postgresql did not answer within {_CHECK_TIMEOUT:g}s"
     except LeadperfError as exc:  # leadperf's database errors carry no credentials
-        error = str(exc)
+        error = " ".join(str(exc).split())  # one line, for status screens and logs
     return {
         "configured": True,
         "ok": error is None,
