@@ -17,6 +17,10 @@ Routes (any route also takes ``?delay=<seconds>`` before answering):
 - ``/json``                      ``{"ok": true, "path": ...}``
 - ``/redirect?to=<target>``      302 to ``<target>`` on the same port
 - ``/echo``                      the request headers as JSON
+- ``/cookie/set?name=N&value=V``  200 with ``Set-Cookie: N=V; Path=/``
+- ``/cookie/redirect?name=N&value=V&to=T``  302 to T with that ``Set-Cookie``
+- ``/chaos/<anything>?p503=&p429=&drop=&hang=&ra=``  a seeded random fault per request:
+  503, 429 + ``Retry-After: ra``, a connection cut mid-body, a hang; 200 otherwise
 
 Run it alone (for the benchmark, in its own process)::
 
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import email.utils
 import json
+import random
 import threading
 import time
 from collections import defaultdict
@@ -79,6 +84,9 @@ class _Stats:
         self.arrivals: list[tuple[float, int, str]] = []
         self.hits: dict[str, int] = defaultdict(int)
         self.keys: dict[str, int] = defaultdict(int)
+        #: (monotonic time, port, Retry-After seconds) of every 429 the chaos route sent.
+        self.throttled: list[tuple[float, int, float]] = []
+        self.faults: dict[str, int] = defaultdict(int)
 
 
 class _Connection(asyncio.Protocol):
@@ -148,6 +156,12 @@ class _Connection(asyncio.Protocol):
         if self.buffer:
             self.data_received(b"")
 
+    def cut(self, partial: bytes) -> None:
+        """Send ``partial`` (a head promising more) and abort the connection."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(partial)
+        self.drop()
+
     def drop(self) -> None:
         self.pending = None
         if self.transport is not None and not self.closed:
@@ -159,6 +173,7 @@ class _Server:
         self.delay = delay
         self.stats = _Stats(record)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.rng = random.Random(1234)
 
     def handle(self, conn: _Connection, method: str, target: str, headers: dict[str, str]) -> None:
         stats = self.stats
@@ -216,10 +231,45 @@ class _Server:
             return _response(200, body, (("Content-Type", "application/json"),)), delay
         if path == "/redirect":
             return _response(302, b"", (("Location", query.get("to", "/page/r")),)), delay
+        if path.startswith("/chaos/"):
+            return self._chaos(conn, query), delay
+        if path.startswith("/cookie/"):
+            cookie = (
+                ("Set-Cookie", f"{query.get('name', 'c')}={query.get('value', '1')}; Path=/"),
+            )
+            if path == "/cookie/redirect":
+                location = (("Location", query.get("to", "/echo")),)
+                return _response(302, b"", cookie + location), delay
+            return _response(200, b"cookie set", cookie), delay
         if path == "/echo":
             body = json.dumps({"method": method, "headers": headers}).encode()
             return _response(200, body, (("Content-Type", "application/json"),)), delay
         return _response(404, b"not found"), delay
+
+    def _chaos(self, conn: _Connection, query: dict[str, str]) -> bytes | None:
+        stats = self.stats
+        roll = self.rng.random()
+        edges = [float(query.get(k, 0.0)) for k in ("p503", "p429", "drop", "hang")]
+        if roll < edges[0]:
+            stats.faults["503"] += 1
+            return _response(503, b"unavailable")
+        roll -= edges[0]
+        if roll < edges[1]:
+            seconds = float(query.get("ra", 1.0))
+            stats.faults["429"] += 1
+            stats.throttled.append((time.monotonic(), conn.port, seconds))
+            return _response(429, b"slow down", (("Retry-After", str(seconds)),))
+        roll -= edges[1]
+        if roll < edges[2]:
+            stats.faults["drop"] += 1
+            full = _response(200, _page(1024))
+            conn.cut(full[: len(full) // 2])
+            return None
+        roll -= edges[2]
+        if roll < edges[3]:
+            stats.faults["hang"] += 1
+            return None
+        return _response(200, _page(1024))
 
 
 class ScrapeServer:
@@ -314,6 +364,20 @@ class ScrapeServer:
             for t, p, target in list(self._server.stats.arrivals)
             if (port is None or p == port) and target.startswith(prefix)
         ]
+
+    def throttled(self) -> list[tuple[float, int, float]]:
+        """``(time, port index, Retry-After)`` of every 429 the chaos route sent."""
+        index = {port: i for i, port in enumerate(self.ports)}
+        return [(t, index[p], ra) for t, p, ra in list(self._server.stats.throttled)]
+
+    @property
+    def faults(self) -> dict[str, int]:
+        """How many of each chaos fault were served."""
+        return dict(self._server.stats.faults)
+
+    def all_hits(self) -> dict[str, int]:
+        """Requests per target."""
+        return dict(self._server.stats.hits)
 
     def hits(self, target: str) -> int:
         return self._server.stats.hits.get(target, 0)
