@@ -30,7 +30,6 @@ import attrs
 
 from ..errors import BulkUpsertError, DatabaseUnavailableError
 from ._pg_pool import bounded, describe
-from ._sql import fast_array_dumpers
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, sql
@@ -83,7 +82,9 @@ class Outcome:
 
 @functools.cache
 def _fast_dumpers() -> list[type]:
-    return fast_array_dumpers()
+    from ._pg_dumpers import array_dumpers
+
+    return list(array_dumpers())
 
 
 def _text_row(

@@ -36,8 +36,8 @@ from ..errors import (
 )
 from ._pg_pool import PoolOptions, borrow, bounded, describe, open_pool, with_timeout
 from ._sql import check_identifier, qualified, query_cache_key
-from ._upsert_exec import Executor, upsert_error
-from ._upsert_plan import make_plan, read_table
+from ._upsert_exec import Executor, Outcome, upsert_error
+from ._upsert_plan import TableInfo, make_plan, read_table
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from ..cache import Cache
-    from ..config import Settings
+    from ..config import DatabaseSettings, Settings
 
 __all__ = ["DatabaseOptimizer", "DatabaseStats", "UpsertResult"]
 
@@ -218,24 +218,7 @@ class DatabaseOptimizer:
         self._psycopg = require("psycopg", "postgres")
         self._pool_mod = require("psycopg_pool", "postgres", "psycopg-pool")
         self._masked = mask_dsn(dsn)
-        timeout = _statement_timeout(statement_timeout)
-        try:
-            full_dsn = with_timeout(self._psycopg, dsn, timeout)
-        except self._psycopg.ProgrammingError:
-            raise ConfigError(
-                f"dsn {self._masked!r} is not a valid PostgreSQL connection string; "
-                "use postgresql://user@host:port/dbname",
-                key="dsn",
-            ) from None
-        self._opts = PoolOptions(
-            dsn=full_dsn,
-            masked=self._masked,
-            secrets=tuple(secrets_of(dsn)),
-            min_size=db.pool_size,
-            max_size=db.pool_size + db.max_overflow,
-            timeout=float(db.pool_timeout),
-            statement_timeout=timeout,
-        )
+        self._opts = self._pool_options(dsn, db, _statement_timeout(statement_timeout))
         self._cache_enabled = db.enable_query_cache
         self._cache: Cache | None = cache
         self._owns_cache = False
@@ -244,6 +227,27 @@ class DatabaseOptimizer:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._open_lock = anyio.Lock()
         self._counters = dict.fromkeys(_COUNTERS, 0)
+
+    def _pool_options(
+        self, dsn: str, db: DatabaseSettings, statement_timeout: float | None
+    ) -> PoolOptions:
+        try:
+            full_dsn = with_timeout(self._psycopg, dsn, statement_timeout)
+        except self._psycopg.ProgrammingError:
+            raise ConfigError(
+                f"dsn {self._masked!r} is not a valid PostgreSQL connection string; "
+                "use postgresql://user@host:port/dbname",
+                key="dsn",
+            ) from None
+        return PoolOptions(
+            dsn=full_dsn,
+            masked=self._masked,
+            secrets=tuple(secrets_of(dsn)),
+            min_size=db.pool_size,
+            max_size=db.pool_size + db.max_overflow,
+            timeout=float(db.pool_timeout),
+            statement_timeout=statement_timeout,
+        )
 
     def __repr__(self) -> str:
         extra = self._opts.max_size - self._opts.min_size
@@ -467,36 +471,25 @@ class DatabaseOptimizer:
     ) -> UpsertResult:
         """Insert or update ``rows`` (mappings of column to value) keyed by ``key``.
 
-        The rows are checked against the table's columns first; a value the column cannot
-        take exactly (an ``int`` out of its range, ``True`` for a number, ``bytes`` for
-        text, a ``str`` that is not JSON for a json/jsonb column, ``None`` in a ``NOT NULL``
-        key) raises :class:`ConfigError` naming the row and the column, before anything is
-        written. The key needs a unique index or constraint on exactly its columns.
-
-        Each batch of ``batch_size`` rows is written in one transaction of its own: COPYed
-        straight into the table when none of its keys exists yet, otherwise COPYed into a
-        temporary table and merged with ``INSERT ... ON CONFLICT (key) DO UPDATE``. Columns
-        not in the rows keep their value on update (their default on insert). A key
-        repeated in ``rows`` keeps its last row; rows with a NULL key never match another
-        and are each inserted. dict and list values for json/jsonb columns are sent as
-        JSON, a ``str`` as JSON text.
-
-        Up to ``concurrency`` batches run at once on separate pooled connections. A failing
-        batch rolls back whole and raises :class:`BulkUpsertError` (``.batch`` is its
-        index; the message lists exactly the batches that were committed and stay
-        written). ``atomic=True`` runs every batch in one transaction on one connection
-        instead, so that a failure writes nothing. Rerunning the same call is always safe.
-        ``skip_unchanged=True`` leaves rows identical to the stored ones untouched (no new
-        row version, no WAL), counted in ``unchanged``; it compares with ``IS DISTINCT
-        FROM``, so every updated column needs an equality operator (``jsonb`` has one,
-        ``json`` does not).
+        The rows are checked against the table first: a value a column cannot take exactly
+        (an int out of range, ``True`` for a number, bytes for text, a str that is not JSON
+        for json/jsonb, ``None`` in a NOT NULL key) raises before anything is written. The
+        key needs a unique index on exactly its columns. Each batch of ``batch_size`` rows
+        is one transaction: COPYed straight into the table when its keys are new, else
+        COPYed into a temporary table and merged with ``INSERT ... ON CONFLICT DO UPDATE``.
+        A repeated key keeps its last row; rows with a NULL key are each inserted. Up to
+        ``concurrency`` batches run at once; ``atomic=True`` runs them all in one
+        transaction. ``skip_unchanged=True`` leaves identical rows untouched (``IS
+        DISTINCT FROM``: every updated column needs an equality operator). Rerunning a call
+        is always safe. docs/database.md has the details.
 
         Raises:
             ConfigError: bad arguments, rows of different shapes, or a value the table
-                cannot take (nothing written).
+                cannot take (the message names row and column; nothing written).
             BulkUpsertError: the table or a column does not exist, the key has no unique
-                index, or a batch failed (the message says what stays written).
-            DatabaseUnavailableError: no connection could be had.
+                index, or a batch failed: ``.batch`` is its index, and the message lists
+                exactly the batches that were committed and stay written.
+            DatabaseUnavailableError: no connection could be had, or no answer in time.
         """
         started = time.perf_counter()
         check_identifier(table, "table")
@@ -508,17 +501,7 @@ class DatabaseOptimizer:
         data = rows if isinstance(rows, Sequence) else list(rows)
         if not data:
             return UpsertResult(0, 0, 0, 0, time.perf_counter() - started)
-        what = f"bulk upsert into {table!r}"
-        async with self.connection() as conn, bounded(conn, self._opts.deadline, what):
-            try:
-                info = await read_table(conn, schema, table)
-            except self._psycopg.Error as exc:
-                raise BulkUpsertError(
-                    f"bulk upsert into {table!r} cannot read the table's columns, so "
-                    f"nothing was written: {describe(exc, self._opts.secrets)}",
-                    table=table,
-                    batch=0,
-                ) from exc
+        info = await self._read_table(schema, table)
         plan = make_plan(
             info, schema, data, keys, batch_size=batch_size, skip_unchanged=skip_unchanged
         )
@@ -528,14 +511,9 @@ class DatabaseOptimizer:
         )
         self._counters["upserts"] += 1
         outcome = await executor.run(atomic=atomic, workers=workers)
-        c = self._counters
-        c["upsert_inserted"] += outcome.total("inserted")
-        c["upsert_updated"] += outcome.total("updated")
-        c["upsert_unchanged"] += outcome.total("unchanged")
-        c["upsert_rows"] += outcome.total("rows")
-        c["upsert_batches"] += len(outcome.done)
+        self._count(outcome)
         if outcome.failed:
-            c["upsert_errors"] += 1
+            self._counters["upsert_errors"] += 1
             raise upsert_error(plan, outcome, atomic=atomic)
         return UpsertResult(
             inserted=outcome.total("inserted"),
@@ -546,6 +524,27 @@ class DatabaseOptimizer:
             duplicates=plan.duplicates,
             unchanged=outcome.total("unchanged"),
         )
+
+    async def _read_table(self, schema: str | None, table: str) -> TableInfo:
+        what = f"bulk upsert into {table!r}"
+        async with self.connection() as conn, bounded(conn, self._opts.deadline, what):
+            try:
+                return await read_table(conn, schema, table)
+            except self._psycopg.Error as exc:
+                raise BulkUpsertError(
+                    f"bulk upsert into {table!r} cannot read the table's columns, so "
+                    f"nothing was written: {describe(exc, self._opts.secrets)}",
+                    table=table,
+                    batch=0,
+                ) from exc
+
+    def _count(self, outcome: Outcome) -> None:
+        c = self._counters
+        c["upsert_inserted"] += outcome.total("inserted")
+        c["upsert_updated"] += outcome.total("updated")
+        c["upsert_unchanged"] += outcome.total("unchanged")
+        c["upsert_rows"] += outcome.total("rows")
+        c["upsert_batches"] += len(outcome.done)
 
     # -- stats ----------------------------------------------------------------------------
 
