@@ -9,6 +9,9 @@ and the same shared stores; they split the work through the stores alone:
 - the :class:`~leadperf.scale.RedisLimiter`: each platform's limit and spacing, across
   every worker.
 
+Fetching goes through ``AsyncScraper(limiter=..., dedup=claims)``, the way an application
+spreads one batch over many processes.
+
 Each fetched URL is appended to the worker's output file as a JSON line; the limiter's
 stats are the last line (``{"stats": ...}``).
 """
@@ -114,12 +117,11 @@ def read_output(path: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
 
 async def _run(config: dict[str, Any]) -> None:
     import attrs
-    import httpx
 
+    from leadperf import AsyncScraper, RetryPolicy
     from leadperf.scale import DedupSet, RedisLimiter
 
     urls: list[str] = config["urls"]
-    limits: dict[str, int] = config["limits"]
     delay = float(config["delay"])
     limiter = RedisLimiter(
         config["limiter_url"],
@@ -130,69 +132,45 @@ async def _run(config: dict[str, Any]) -> None:
     )
     claims = DedupSet.from_url(config["dedup_url"], name=config["name"] + "_c", ttl=config["ttl"])
     done = DedupSet.from_url(config["dedup_url"], name=config["name"] + "_d")
-    local = {p: asyncio.Semaphore(n) for p, n in limits.items()}
     out = open(config["out"], "a", encoding="utf-8")  # noqa: SIM115
     out.write(json.dumps({"worker": limiter.worker_id}) + "\n")
     out.flush()
-
-    async def fetch(client: httpx.AsyncClient, url: str) -> None:
-        platform = url.split("/")[2]
-        async with local[platform]:
-            lease = await limiter.acquire(platform, limits[platform], delay)
-            status: int | None = None
-            sent = time.monotonic()
-            try:
-                status = (await client.get(url)).status_code
-            except httpx.HTTPError:
-                pass
-            finally:
-                got = time.monotonic()
-                await limiter.release(platform, lease)
-            await limiter.report(platform, status, None)
-        row = {"url": url, "status": status, "pid": os.getpid(), "sent": sent, "got": got}
-        out.write(json.dumps(row) + "\n")
-        out.flush()
-
+    scraper = AsyncScraper(
+        limits=config["limits"],
+        limiter=limiter,
+        dedup=claims,  # the first worker to claim a URL fetches it
+        retry=RetryPolicy(attempts=1),
+        timeout=10.0,
+    )
     chunk = int(config.get("chunk", 40))
-    room = asyncio.Semaphore(2 * sum(limits.values()))  # URLs fetched at once by this worker
-    finished: list[str] = []
+    batches = asyncio.Semaphore(2)  # two chunks in flight keep every platform busy
 
-    async def one(client: httpx.AsyncClient, url: str) -> None:
+    async def run_chunk(part: list[str]) -> int:
         try:
-            await fetch(client, url)
-            finished.append(url)
+            results = await scraper.scrape_batch(part, delay_seconds=delay)
         finally:
-            room.release()
+            batches.release()
+        fetched = [r for r in results if not r.duplicate]
+        for r in fetched:
+            row = {"url": r.url, "status": r.status_code, "pid": os.getpid()}
+            out.write(json.dumps(row) + "\n")
+        out.flush()
+        if fetched:
+            await done.add_many([r.url for r in fetched])
+        return len(fetched)
 
-    async def mark_done() -> None:
-        if finished:
-            batch = finished[:]
-            del finished[: len(batch)]
-            await done.add_many(batch)
-
-    async with httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=64)) as client:
-        tasks: set[asyncio.Task[None]] = set()
+    async with scraper:
         while True:
-            await mark_done()
             pending = [
                 u for u, d in zip(urls, await done.contains_many(urls), strict=True) if not d
             ]
             if not pending:
                 break
-            took = 0
+            tasks = []
             for i in range(0, len(pending), chunk):
-                part = pending[i : i + chunk]
-                mine = [u for u, new in zip(part, await claims.add_many(part), strict=True) if new]
-                took += len(mine)
-                for url in mine:
-                    await room.acquire()
-                    task = asyncio.ensure_future(one(client, url))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                await mark_done()
-            if tasks:
-                await asyncio.gather(*list(tasks))
-            elif not took:
+                await batches.acquire()
+                tasks.append(asyncio.ensure_future(run_chunk(pending[i : i + chunk])))
+            if not sum(await asyncio.gather(*tasks)):
                 await asyncio.sleep(0.1)  # others hold the rest, or a dead worker's claims expire
     out.write(json.dumps({"stats": attrs.asdict(limiter.stats())}) + "\n")
     out.close()
