@@ -28,6 +28,7 @@ DATABASE_URL = os.environ.get(
 )
 N_KEYS = 1000
 VALUE = os.urandom(1024)  # 1 KB; random, so no codec compresses it and all store the same bytes
+SIGN_KEY = os.urandom(32)
 KEYS = [f"k{i}" for i in range(N_KEYS)]
 
 Op = Callable[[int], Awaitable[Any]]
@@ -137,7 +138,14 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
     from cashews import Cache as CashewsCache
 
     from leadperf import Settings
-    from leadperf.cache import MemoryCache, PostgresCache, RedisCache, SqliteCache, TieredCache
+    from leadperf.cache import (
+        Codec,
+        MemoryCache,
+        PostgresCache,
+        RedisCache,
+        SqliteCache,
+        TieredCache,
+    )
 
     settings = Settings()
     ns = f"bench{uuid.uuid4().hex[:8]}"
@@ -172,6 +180,9 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
         serializer=PickleSerializer(),
     )
     rc = RedisCache(REDIS_URL, namespace=ns, settings=settings)
+    # Signed twins: same data, one HMAC-SHA256 per entry written and read.
+    signer = Codec(sign_key=SIGN_KEY)
+    rc_signed = RedisCache(REDIS_URL, namespace=ns + "s", codec=signer, settings=settings)
     tiered = TieredCache(MemoryCache(settings=settings), RedisCache(REDIS_URL, namespace=ns))
     async with raw_redis.pipeline(transaction=False) as pipe:
         for k in KEYS:
@@ -181,10 +192,13 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
         await cashews_redis.set(f"{ns}cw:{k}", VALUE, expire=3600)
         await aio_redis.set(k, VALUE, ttl=3600)
     await rc.set_many(dict.fromkeys(KEYS, VALUE), ttl=3600)
+    await rc_signed.set_many(dict.fromkeys(KEYS, VALUE), ttl=3600)
     await tiered.get_many(KEYS)  # fill the local tier
 
     async def redis_cleanup() -> None:
         await rc.clear()
+        await rc_signed.clear()
+        await rc_signed.close()
         async for key in raw_redis.scan_iter(match=f"{ns}*", count=1000):
             await raw_redis.unlink(key)
         await raw_redis.aclose()
@@ -216,9 +230,12 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
     # -- sqlite --
     lite = SqliteCache(sqlite_path, namespace=ns, settings=settings)
     await lite.set_many(dict.fromkeys(KEYS, VALUE), ttl=3600)
+    lite_signed = SqliteCache(sqlite_path, namespace=ns + "s", codec=signer, settings=settings)
+    await lite_signed.set_many(dict.fromkeys(KEYS, VALUE), ttl=3600)
 
     async def lite_cleanup() -> None:
         await lite.close()
+        await lite_signed.close()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(sqlite_path + suffix):
                 os.remove(sqlite_path + suffix)
@@ -239,6 +256,11 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
     assert await pg.get(KEYS[5]) == VALUE
     assert len(await pg.get_many(batches[0])) == 100
     assert await lite.get(KEYS[5]) == VALUE
+    assert await lite_signed.get(KEYS[5]) == VALUE
+    assert await rc_signed.get(KEYS[5]) == VALUE
+    plain_codec = Codec()
+    encoded, signed = plain_codec.encode(VALUE, "k"), signer.encode(VALUE, "k")
+    assert signer.decode(signed, "k") == plain_codec.decode(encoded, "k") == VALUE
 
     async def raw_pg_one(i: int) -> Any:
         async with raw_pool.connection() as conn:
@@ -265,8 +287,30 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
         "aio_mem": Case("aiocache memory get", lambda i: aio_mem.get(KEYS[i % N_KEYS])),
         "mem": Case("**MemoryCache.get**", lambda i: mem.get(KEYS[i % N_KEYS])),
         "lite": Case("**SqliteCache.get**", lambda i: lite.get(KEYS[i % N_KEYS])),
+        "lite_s": Case("**SqliteCache.get, signed**", lambda i: lite_signed.get(KEYS[i % N_KEYS])),
+        "lite_set": Case("**SqliteCache.set**", lambda i: lite.set(KEYS[i % N_KEYS], VALUE)),
+        "lite_sset": Case(
+            "**SqliteCache.set, signed**", lambda i: lite_signed.set(KEYS[i % N_KEYS], VALUE)
+        ),
+        "enc": Case(
+            "Codec.encode 1 KB (sync)", lambda i: plain_codec.encode(VALUE, "k"), kind="sync"
+        ),
+        "enc_s": Case(
+            "Codec.encode 1 KB, signed (sync)", lambda i: signer.encode(VALUE, "k"), kind="sync"
+        ),
+        "dec": Case(
+            "Codec.decode 1 KB (sync)", lambda i: plain_codec.decode(encoded, "k"), kind="sync"
+        ),
+        "dec_s": Case(
+            "Codec.decode 1 KB, signed (sync)", lambda i: signer.decode(signed, "k"), kind="sync"
+        ),
         "raw_get": Case("redis.asyncio GET", lambda i: raw_redis.get(raw_keys[i % N_KEYS])),
         "rc_get": Case("**RedisCache.get**", lambda i: rc.get(KEYS[i % N_KEYS])),
+        "rc_sget": Case("**RedisCache.get, signed**", lambda i: rc_signed.get(KEYS[i % N_KEYS])),
+        "rc_set": Case("**RedisCache.set**", lambda i: rc.set(KEYS[i % N_KEYS], VALUE)),
+        "rc_sset": Case(
+            "**RedisCache.set, signed**", lambda i: rc_signed.set(KEYS[i % N_KEYS], VALUE)
+        ),
         "raw_get50": Case(
             "redis.asyncio GET, 50 tasks",
             lambda i: raw_redis.get(raw_keys[i % N_KEYS]),
@@ -340,6 +384,25 @@ async def run(args: argparse.Namespace, cleanups: list[Callable[[], Awaitable[An
     print(
         f"| PostgresCache.get p50 | {pg_p50:.3f} ms | < 0.5 ms | {'yes' if pg_p50 < 0.5 else 'NO'} |"
     )
+
+    print("\n| signing cost (p50 per call) | unsigned, µs | signed, µs | added, µs |")
+    print("|---|---:|---:|---:|")
+    for label, plain_key, signed_key in (
+        ("SqliteCache.get", "lite", "lite_s"),
+        ("SqliteCache.set", "lite_set", "lite_sset"),
+        ("RedisCache.get", "rc_get", "rc_sget"),
+        ("RedisCache.set", "rc_set", "rc_sset"),
+    ):
+        u, sg = cases[plain_key].p50_ms, cases[signed_key].p50_ms
+        assert u is not None
+        assert sg is not None
+        print(f"| {label} | {u * 1000:.1f} | {sg * 1000:.1f} | {(sg - u) * 1000:+.1f} |")
+    for label, plain_key, signed_key in (
+        ("Codec.encode 1 KB", "enc", "enc_s"),
+        ("Codec.decode 1 KB", "dec", "dec_s"),
+    ):
+        u_us, s_us = 1e6 / cases[plain_key].best, 1e6 / cases[signed_key].best
+        print(f"| {label} (best round) | {u_us:.2f} | {s_us:.2f} | {s_us - u_us:+.2f} |")
 
 
 if __name__ == "__main__":

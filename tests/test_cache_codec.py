@@ -159,6 +159,11 @@ def test_sign_key_from_settings_and_bad_keys() -> None:
     assert codec.signed
     assert Codec(sign_key=SIGN_KEY).decode(codec.encode(1, "k"), "k") == 1
     assert codec.decode(Codec(sign_key=OLD_KEY).encode(1, "k"), "k") == 1
+    env = Settings.from_env(environ={"LEADPERF_CACHE_SIGN_KEY": f"{SIGN_KEY},{OLD_KEY}"})
+    from_env = Codec.from_settings(env)
+    assert from_env.decode(Codec(sign_key=OLD_KEY).encode("v", "k"), "k") == "v"
+    assert SIGN_KEY not in repr(env)
+    assert SIGN_KEY not in str(env.as_dict())
     for bad in ("short", b"", [], ["x" * 32, "tiny"], 12345):
         with pytest.raises(ConfigError, match="sign_key") as info:
             Codec(sign_key=bad)  # type: ignore[arg-type]

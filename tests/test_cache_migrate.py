@@ -101,3 +101,39 @@ async def test_migrate_legacy_json_table(
                 await migrate_sqlite(tmp_path / "missing.db", pg)
     finally:
         _drop(database_url, unique_name)
+
+
+async def test_migrate_signed_entries_are_verified_and_resigned(
+    tmp_path: Path, database_url: str, unique_name: str
+) -> None:
+    from leadperf.cache import Codec
+
+    key = "m" * 32
+    path = tmp_path / "signed.db"
+    async with SqliteCache(path, codec=Codec(sign_key=key), settings=SETTINGS) as lite:
+        await lite.set("lead:1", {"score": 1})
+    db = sqlite3.connect(path)
+    forged = Codec().encode({"score": 99})
+    db.execute("INSERT INTO leadperf_cache VALUES ('leadperf:forged', ?, NULL, 0)", (forged,))
+    db.commit()
+    db.close()
+    try:
+        async with PostgresCache(
+            database_url,
+            table=unique_name,
+            namespace="app",
+            codec=Codec(sign_key=key),
+            settings=SETTINGS,
+        ) as pg:
+            # Under a new namespace the stored key changes: entries are re-signed for it,
+            # and the unsigned intruder row is signed too (the SQLite file is trusted) ...
+            assert await migrate_sqlite(path, pg, add_namespace=True) == 2
+            assert await pg.get("leadperf:lead:1") == {"score": 1}
+        # ... while a PostgreSQL cache without the key copies none of the signed rows.
+        async with PostgresCache(database_url, table=unique_name + "u", settings=SETTINGS) as pg2:
+            assert await migrate_sqlite(path, pg2) == 1
+            assert await pg2.get("forged") == {"score": 99}
+            assert await pg2.get("lead:1") is None
+    finally:
+        _drop(database_url, unique_name)
+        _drop(database_url, unique_name + "u")

@@ -87,8 +87,22 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-_INT_OPTIONS = {"max_size", "min_size", "max_connections", "compression_threshold"}
-_FLOAT_OPTIONS = {"default_ttl", "connect_timeout", "timeout", "busy_timeout", "retention"}
+_INT_OPTIONS = {
+    "max_size",
+    "min_size",
+    "max_connections",
+    "compression_threshold",
+    "max_bytes",
+    "max_value_size",
+}
+_FLOAT_OPTIONS = {
+    "default_ttl",
+    "connect_timeout",
+    "timeout",
+    "busy_timeout",
+    "retention",
+    "cleanup_interval",
+}
 
 
 def _query_options(query: str) -> dict[str, Any]:
@@ -115,8 +129,9 @@ def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> BaseCa
     ``rediss://``, ``postgresql://`` (or ``postgres://``).
 
     ``options`` go to the backend's constructor (``default_ttl``, ``codec``,
-    ``raise_errors``, ``settings``, ``max_size`` ...). ``memory://`` and ``sqlite://`` URLs
-    also take them as query parameters (``memory://?max_size=100``); Redis and
+    ``raise_errors``, ``settings``, ``max_size``, ``max_bytes``, ``max_value_size`` ...).
+    ``memory://`` and ``sqlite://`` URLs also take them as query parameters
+    (``memory://?max_size=100``); Redis and
     PostgreSQL URLs pass their query to the driver. Unknown scheme: ConfigError.
     """
     if not isinstance(url, str) or "://" not in url:
