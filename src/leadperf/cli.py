@@ -142,14 +142,7 @@ async def _optimize(perf: PerformanceOptimizer, args: argparse.Namespace) -> int
 
 
 async def _clear_cache(perf: PerformanceOptimizer, args: argparse.Namespace) -> int:
-    from .cache._base import check_pattern
-
-    if args.pattern is not None:
-        try:
-            check_pattern(args.pattern)
-        except LeadperfError as exc:
-            raise _Usage(str(exc)) from None
-    elif not args.yes:
+    if args.pattern is None and not args.yes:
         if not sys.stdin.isatty():
             raise _Usage("clearing every key needs confirmation: pass --yes (or --pattern P)")
         namespace = getattr(perf.cache, "namespace", "leadperf")
@@ -158,10 +151,10 @@ async def _clear_cache(perf: PerformanceOptimizer, args: argparse.Namespace) -> 
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             _out("Nothing removed.")
             return 1
-    check = await perf.check_backends()
-    if not check["cache"]["ok"]:
-        raise LeadperfError(f"cache is down: {check['cache']['error']}")
-    removed = await perf.cache.clear(args.pattern)
+    try:
+        removed = await perf.clear_cache(args.pattern)
+    except ValueError as exc:  # a bad pattern (CacheKeyError): usage
+        raise _Usage(str(exc)) from None
     what = f"matching {args.pattern!r}" if args.pattern else "in the namespace"
     _out(f"Removed {removed} keys {what}.")
     return 0

@@ -17,6 +17,7 @@ from ..errors import LeadperfError
 
 __all__ = [
     "Blocking",
+    "cache_tiers",
     "close_part",
     "forward_if_foreign_loop",
     "ping_cache",
@@ -41,13 +42,13 @@ async def close_part(name: str, part: Any, *, entered: bool) -> None:
             await result
 
 
-def _cache_tiers(cache: Any) -> list[Any]:
+def cache_tiers(cache: Any) -> list[Any]:
     tiers = [t for t in (getattr(cache, "local", None), getattr(cache, "remote", None)) if t]
     return tiers or [cache]
 
 
 def _backend_name(cache: Any) -> str:
-    return "+".join(str(getattr(t, "scheme", type(t).__name__)) for t in _cache_tiers(cache))
+    return "+".join(str(getattr(t, "scheme", type(t).__name__)) for t in cache_tiers(cache))
 
 
 async def ping_cache(cache: Any) -> dict[str, Any]:
@@ -55,7 +56,7 @@ async def ping_cache(cache: Any) -> dict[str, Any]:
     (caches swallow server errors into their ``errors`` counter by default)."""
     started = time.perf_counter()
     error: str | None = None
-    for tier in _cache_tiers(cache):
+    for tier in cache_tiers(cache):
         before = tier.stats().errors
         failure: Exception | None = None
         with anyio.move_on_after(_CHECK_TIMEOUT) as scope:
@@ -114,7 +115,7 @@ async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:
             trimmed[name] = await result if hasattr(result, "__await__") else result
             continue
         if name == "cache":
-            for tier in _cache_tiers(part):
+            for tier in cache_tiers(part):
                 size = tier.stats().size
                 bound = getattr(tier, "max_size", None)
                 if tier.scheme == "memory" and size is not None and bound and size > bound:

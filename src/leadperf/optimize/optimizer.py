@@ -23,10 +23,11 @@ import attrs
 
 from .._portal import get_portal, run_sync
 from ..config import Settings
-from ..errors import ClosedError, ConfigError, LeadperfError
+from ..errors import CacheUnavailableError, ClosedError, ConfigError, LeadperfError
 from ..monitor import MetricsRegistry, SystemMonitor
 from ._parts import (
     Blocking,
+    cache_tiers,
     close_part,
     forward_if_foreign_loop,
     ping_cache,
@@ -401,6 +402,22 @@ class PerformanceOptimizer:
             },
             "backends": backends,
         }
+
+    async def clear_cache(self, pattern: str | None = None) -> int:
+        """Remove the cache's keys matching glob ``pattern`` (all when None) inside its
+        namespace; return how many went.
+
+        Raises:
+            CacheKeyError: a bad pattern (before any I/O).
+            CacheUnavailableError: the cache's server did not answer (caches count such
+                failures rather than raise them; this reports it).
+        """
+        tiers = cache_tiers(self._raw("cache"))
+        before = sum(t.stats().errors for t in tiers)
+        removed: int = await self._raw("cache").clear(pattern)
+        if sum(t.stats().errors for t in tiers) > before:
+            raise CacheUnavailableError("the cache's server did not answer; nothing was cleared")
+        return removed
 
     async def metrics(self) -> dict[str, dict[str, float]]:
         """Every registered source's numbers, with a fresh system sample."""
