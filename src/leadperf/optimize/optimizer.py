@@ -435,19 +435,18 @@ class PerformanceOptimizer:
 
     async def recommendations(self, *, indexes: bool = True) -> list[Recommendation]:
         """Recommendations from every built part's stats; with ``indexes``, also table and
-        index advice from PostgreSQL's statistics when a database is in use."""
+        index advice from PostgreSQL's statistics when a database is configured."""
         snapshot = await self.monitor.sample_async()
-        parts = dict(self._parts)
 
         def stats(name: str) -> Any:
-            part = parts.get(name)
+            part = self._parts.get(name)
             return part.stats() if part is not None else None
 
         tables: list[Any] = []
         index_rows: list[Any] = []
-        if indexes and "database" in parts and not parts["database"].closed:
+        if indexes and self.settings.database.url:
             try:
-                tables, index_rows = await table_usage(parts["database"])
+                tables, index_rows = await table_usage(self._raw("database"))
             except Exception as exc:  # advice must not fail the analysis
                 log.warning("could not read table statistics: %s", type(exc).__name__)
         return recommend(
