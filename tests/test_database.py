@@ -22,6 +22,7 @@ from leadperf.errors import (
     DatabaseError,
     DatabaseUnavailableError,
 )
+from leadperf.optimize._pg_pool import PoolOptions
 from leadperf.optimize._upsert_exec import Executor
 from leadperf.optimize._upsert_plan import Column, TableInfo, make_plan
 from leadperf.optimize.database import DatabaseOptimizer, DatabaseStats, UpsertResult
@@ -811,13 +812,23 @@ def test_plan_refuses_before_any_server_is_asked() -> None:
         make_plan(LEADS_INFO, None, shapes, ("email",), batch_size=10)
 
 
-async def test_commit_outcome_is_learned_from_the_server(db: DatabaseOptimizer) -> None:
+async def test_commit_outcome_is_learned_from_the_server(
+    database_url: str, settings: Settings
+) -> None:
     plan = make_plan(LEADS_INFO, None, plan_rows(1), ("email",), batch_size=10)
-    executor = Executor(plan, psycopg, db.connection, 5.0, ())
-    async with db.connection() as conn:
-        committed = (await (await conn.execute("SELECT txid_current()")).fetchone() or [0])[0]
-        await conn.commit()
-        aborted = (await (await conn.execute("SELECT txid_current()")).fetchone() or [0])[0]
-        await conn.rollback()
-    assert await executor._status(committed) == "committed"
-    assert await executor._status(aborted) == "aborted"
+    opts = PoolOptions(database_url, "masked", (), 1, 1, 5.0, 5.0)
+    async with DatabaseOptimizer(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=1, settings=settings
+    ) as db:
+        executor = Executor(plan, psycopg, db.connection, opts)
+        async with db.connection() as conn:  # the pool's only connection stays held
+            cur = await conn.execute("SELECT txid_current()")
+            committed = (await cur.fetchone() or [0])[0]
+            await conn.commit()
+            cur = await conn.execute("SELECT txid_current()")
+            aborted = (await cur.fetchone() or [0])[0]
+            await conn.rollback()
+            started = time.monotonic()
+            assert await executor._status(committed) == "committed"
+            assert await executor._status(aborted) == "aborted"
+            assert time.monotonic() - started < 1  # never waited for the pool

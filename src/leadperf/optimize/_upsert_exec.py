@@ -29,7 +29,7 @@ import anyio
 import attrs
 
 from ..errors import BulkUpsertError, DatabaseUnavailableError
-from ._pg_pool import bounded, describe
+from ._pg_pool import PoolOptions, bounded, describe
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection, sql
@@ -103,25 +103,21 @@ def _text_row(
 class Executor:
     """Runs one :class:`UpsertPlan` over pooled connections (see the module docstring).
 
-    ``borrow()`` lends a pooled connection; ``deadline`` bounds one statement's answer on
-    the client side (seconds).
+    ``borrow()`` lends a pooled connection; ``opts.deadline`` bounds one statement's answer
+    on the client side (seconds).
     """
 
     def __init__(
-        self,
-        plan: UpsertPlan,
-        psycopg: ModuleType,
-        borrow: Borrow,
-        deadline: float,
-        secrets: tuple[str, ...],
+        self, plan: UpsertPlan, psycopg: ModuleType, borrow: Borrow, opts: PoolOptions
     ) -> None:
         from psycopg.types.json import Json, Jsonb
 
         self.plan = plan
         self.psycopg = psycopg
         self.borrow = borrow
-        self.deadline = deadline
-        self.secrets = secrets
+        self.opts = opts
+        self.deadline = opts.deadline
+        self.secrets = opts.secrets
         self.outcome = Outcome()
         self._pending = iter(enumerate(plan.batches))
         self._wrap = [(i, Jsonb if plan.oids[i] == 3802 else Json) for i in plan.text_wrap]
@@ -225,12 +221,20 @@ class Executor:
         return int(row[0])
 
     async def _status(self, xid: int) -> str | None:
-        """'committed', 'aborted' or 'in progress' for ``xid``; None if it cannot be learned."""
+        """'committed', 'aborted' or 'in progress' for ``xid``; None if it cannot be learned.
+
+        On a connection of its own, not a pooled one: the caller may still hold the pool's
+        only connection.
+        """
         try:
-            async with self.borrow() as other, bounded(other, self.deadline, "txid_status"):
-                cur = await other.execute("SELECT txid_status(%s)", (xid,))
-                row = await cur.fetchone()
-        except (self.psycopg.Error, DatabaseUnavailableError):
+            with anyio.fail_after(self.opts.connect_timeout + self.deadline):
+                other = await self.psycopg.AsyncConnection.connect(
+                    self.opts.dsn, connect_timeout=self.opts.connect_timeout, autocommit=True
+                )
+                async with other:
+                    cur = await other.execute("SELECT txid_status(%s)", (xid,))
+                    row = await cur.fetchone()
+        except (self.psycopg.Error, OSError, TimeoutError):
             return None
         return None if row is None or row[0] is None else str(row[0])
 

@@ -506,9 +506,7 @@ class DatabaseOptimizer:
             info, schema, data, keys, batch_size=batch_size, skip_unchanged=skip_unchanged
         )
         workers = min(concurrency, len(plan.batches), self._opts.max_size)
-        executor = Executor(
-            plan, self._psycopg, self.connection, self._opts.deadline, self._opts.secrets
-        )
+        executor = Executor(plan, self._psycopg, self.connection, self._opts)
         self._counters["upserts"] += 1
         outcome = await executor.run(atomic=atomic, workers=workers)
         self._count(outcome)
