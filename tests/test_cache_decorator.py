@@ -155,3 +155,30 @@ async def test_reexported_from_package() -> None:
     from leadperf.cache import cached as cache_cached
 
     assert leadperf.cached is cache_cached
+
+
+async def test_result_too_large_for_the_cache_is_returned_uncached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from leadperf.cache import ValueTooLargeError
+
+    cache = MemoryCache(max_bytes=100_000, settings=Settings())
+    calls = 0
+
+    @cached(cache, key="page:{n}")
+    async def page(n: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        return b"x" * n
+
+    caplog.set_level("WARNING", logger="leadperf.cache")
+    assert await page(50_000) == b"x" * 50_000  # over a quarter of max_bytes
+    assert await page(50_000) == b"x" * 50_000
+    assert calls == 2  # computed each time, never stored
+    assert not await cache.exists("page:50000")
+    assert "not cached" in caplog.text
+    assert await page(100) == b"x" * 100
+    assert await page(100) == b"x" * 100
+    assert calls == 3
+    with pytest.raises(ValueTooLargeError):
+        await cache.set("direct", b"x" * 50_000)

@@ -28,7 +28,7 @@ from ..errors import (
     ConfigError,
     SerializationError,
 )
-from ._codec import Codec
+from ._codec import Codec, ValueTooLargeError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -42,6 +42,7 @@ __all__ = [
     "BaseCache",
     "Cache",
     "CacheStats",
+    "ValueTooLargeError",
 ]
 
 #: Longest key accepted, in characters (keeps every backend's index happy).
@@ -382,7 +383,7 @@ class BaseCache:
         return stored
 
     def _too_large(self, size: int) -> SerializationError:
-        return SerializationError(
+        return ValueTooLargeError(
             f"value is {size} bytes encoded, more than {self!r}'s max_value_size of "
             f"{self.max_value_size}; store less or raise max_value_size"
         )

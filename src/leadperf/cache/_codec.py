@@ -40,7 +40,7 @@ from ..errors import ConfigError, SerializationError
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "ValueTooLargeError"]
 
 FMT_BYTES: Final = 1
 FMT_STR: Final = 2
@@ -65,6 +65,12 @@ _COMPRESSIONS = {"none": COMP_NONE, "gzip": COMP_GZIP, "br": COMP_BROTLI}
 _FORMAT_NAMES = {FMT_BYTES: "bytes", FMT_STR: "str", FMT_JSON: "json", FMT_MSGPACK: "msgpack"}
 _FORMAT_NAMES[FMT_PICKLE] = "pickle"
 _BYTES_TAG = "__bytes__"
+
+
+class ValueTooLargeError(SerializationError):
+    """A value larger than the cache accepts for one entry (``max_value_size``, a
+    MemoryCache's share of ``max_bytes``, the codec's ``max_decoded_size``); raised at
+    ``set`` before anything is written."""
 
 
 def _msgpack_available() -> bool:
@@ -243,7 +249,7 @@ class Codec:
         """
         fmt, payload = self.serialize(value)
         if len(payload) > self.max_decoded_size:
-            raise SerializationError(
+            raise ValueTooLargeError(
                 f"value is {len(payload)} bytes serialized, more than this codec's "
                 f"max_decoded_size of {self.max_decoded_size}; store less or raise the limit"
             )

@@ -5,15 +5,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
 from ..errors import ConfigError
-from ._base import MAX_KEY_LENGTH, MISSING, Cache, check_ttl
+from ._base import MAX_KEY_LENGTH, MISSING, Cache, ValueTooLargeError, check_ttl
 
 __all__ = ["cached"]
+
+_log = logging.getLogger("leadperf.cache")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,7 +52,9 @@ def cached(
     taking the function's arguments and returning the key, or None for
     ``"<module>.<qualname>:<repr of args>"`` (hashed when long). Single-flight: while one
     call computes a missing key, concurrent calls with that key in this process wait for
-    its result (or its exception) instead of computing again. ``None`` results are cached.
+    its result (or its exception) instead of computing again. ``None`` results are cached;
+    a result too large for the cache (ValueTooLargeError) is returned uncached, with a
+    warning on the ``leadperf.cache`` logger.
     """
     if ttl is not None:
         check_ttl(ttl)
@@ -94,7 +99,11 @@ def cached(
             try:
                 result = await func(*args, **kwargs)
                 flight.result = result
-                await cache.set(k, result, ttl)
+                try:
+                    await cache.set(k, result, ttl)
+                except ValueTooLargeError as exc:
+                    # The result is fine, only too big to keep: return it uncached.
+                    _log.warning("%s: result not cached: %s", k[:80], exc)
                 return result
             except anyio.get_cancelled_exc_class():
                 flight.retry = True

@@ -8,8 +8,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import ConfigError, SerializationError
-from ._base import BaseCache, check_size, glob_to_regex
+from ..errors import ConfigError
+from ._base import BaseCache, ValueTooLargeError, check_size, glob_to_regex
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -99,7 +99,7 @@ class MemoryCache(BaseCache):
             obj, size = value, len(self.codec.serialize(value)[1])
         size += sys.getsizeof(key) + _ENTRY_OVERHEAD
         if size > self._entry_limit:
-            raise SerializationError(
+            raise ValueTooLargeError(
                 f"value takes about {size} bytes, more than {self!r} accepts for one entry "
                 f"({self._entry_limit}: max_value_size, or a quarter of max_bytes); store "
                 "less or raise max_bytes"
