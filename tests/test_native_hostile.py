@@ -405,6 +405,39 @@ async def test_the_head_cap_holds_however_the_bytes_arrive(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("where", ["trailer", "chunk extension"])
+async def test_bytes_that_add_no_body_are_capped_too(
+    server: Hostile, engine: NativeEngine, reliability: Any, where: str
+) -> None:
+    filler = b"a" * 4096
+
+    async def answer(w: Writer) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if where == "trailer":
+            w.write(b"5\r\nhello\r\n0\r\nX-T: ")
+        else:
+            w.write(b"5;ext=")
+        for _ in range(40):  # 160 KB in separate reads, none of them body
+            w.write(filler)
+            await w.drain()
+            await asyncio.sleep(0.002)
+        w.write(b"\r\n\r\n" if where == "trailer" else b"\r\nhello\r\n0\r\n\r\n")
+        return True
+
+    server.routes["/framing"] = answer
+    with pytest.raises(ResponseTooLargeError, match="max_head_size") as caught:
+        await get(engine, server.url("/framing"))
+    assert (await get(engine, server.url("/next"))).content == b"missing"
+    assert server.connections == 2
+    reliability.record(
+        AREA,
+        f"a 160 KB {where} over 40 reads",
+        "ResponseTooLargeError at the head cap (llhttp never buffers more than the cap)",
+        f"{type(caught.value).__name__}: {str(caught.value).split(': ', 1)[1][:60]}",
+    )
+
+
+@pytest.mark.anyio
 async def test_header_count_is_capped(server: Hostile, reliability: Any) -> None:
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(11))
     server.routes["/many"] = raw(ok(b"hi", fields), keep=True)
@@ -530,6 +563,30 @@ async def test_a_brotli_bomb_stops_at_the_cap_inside_the_deadline(
         "stops at the 32 MiB decoded cap, inside the deadline, loop not frozen",
         f"ResponseTooLargeError after {elapsed:.2f} s; longest event-loop stall "
         f"{max(gaps) * 1000:.0f} ms",
+    )
+
+
+@pytest.mark.anyio
+async def test_the_deadline_covers_decoding(
+    server: Hostile, reliability: Any, brotli_bomb: bytes
+) -> None:
+    # With the decoded-size cap far away, only the request's deadline can stop the bomb:
+    # decoding in steps lets the deadline's timer run between them.
+    server.routes["/bomb"] = raw(ok(brotli_bomb, b"Content-Encoding: br\r\n"))
+    eng = await _limited(Limits(max_body_size=1 << 31))
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ScrapeTimeoutError):
+            await get(eng, server.url("/bomb"), timeout=0.05)
+    finally:
+        elapsed = time.perf_counter() - started
+        await eng.aclose()
+    assert elapsed < 1.0
+    reliability.record(
+        AREA,
+        "1 GiB brotli bomb with max_body_size=2 GiB and timeout=0.05",
+        "the one deadline stops decoding",
+        f"ScrapeTimeoutError after {elapsed:.2f} s",
     )
 
 

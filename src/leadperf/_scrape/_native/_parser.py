@@ -246,6 +246,11 @@ class ResponseParser:
                 raise self._fail(
                     TooLarge("trailer fields", limits.max_header_count, "max_header_count")
                 )
+            self._head_bytes += len(name) + len(value) + 4  # head and trailers share the cap
+            if self._head_bytes > limits.max_head_size:
+                raise self._fail(
+                    TooLarge("the head with its trailers", limits.max_head_size, "max_head_size")
+                )
             return
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > limits.max_head_size:
