@@ -134,7 +134,8 @@ class _Item:
 def _default_retry() -> RetryPolicy:
     from ..scraper import RetryPolicy
 
-    return RetryPolicy()
+    # Background work fails transiently on connections and timeouts of any library.
+    return RetryPolicy(retry_on=frozenset({ConnectionError, TimeoutError}))
 
 
 class TaskOptimizer:
@@ -143,8 +144,9 @@ class TaskOptimizer:
     Args:
         workers: concurrent jobs (default ``settings.tasks.workers``).
         max_queued: queued jobs before ``submit`` waits (default ``settings.tasks.max_queued``).
-        retry: the RetryPolicy for failed attempts (default ``RetryPolicy()``: connection
-            errors and timeouts, three attempts); ``RetryPolicy(attempts=1)`` never retries.
+        retry: the RetryPolicy for failed attempts (default: three attempts on
+            ``ConnectionError`` and ``TimeoutError``, exponential backoff with jitter);
+            ``RetryPolicy(attempts=1)`` never retries.
         weights: share of picks per priority when several wait (default 4/2/1 for 0/1/2;
             other priorities weigh 1).
 
@@ -219,11 +221,17 @@ class TaskOptimizer:
         tg, self._tg = self._tg, None
         if tg is None:
             return
-        if exc_type is not None:
-            tg.cancel_scope.cancel()  # the block failed: drop the queue, do not wait on it
-        await self._stop(drain=exc_type is None)
+        if exc_type is None:
+            await self._stop(drain=True)
+        else:
+            # The block failed: drop the queue and stop the workers without awaiting
+            # anything here (this task sits inside the scope being cancelled).
+            self._closing = True
+            self._cancel_queued()
+            tg.cancel_scope.cancel()
         try:
-            await tg.__aexit__(exc_type, exc, tb)
+            # The block's own error propagates as it is, never wrapped in a group.
+            await tg.__aexit__(None, None, None)
         finally:
             self._cancel_queued()
             self._closed = True
