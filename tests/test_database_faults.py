@@ -215,16 +215,33 @@ async def wait_for(check: Any, *, timeout: float, what: str) -> None:
             await anyio.sleep(0.02)
 
 
+STALL = """
+CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.email IN ('lead55000@x.example', 'lead65000@x.example') THEN
+        PERFORM pg_sleep(60);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER stall BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}();
+"""
+
+
 @pytest.mark.parametrize("atomic", [False, True], ids=["per-batch", "atomic"])
 async def test_backends_terminated_mid_upsert(
     database_url: str, table: str, unique_name: str, atomic: bool, reliability: Any
 ) -> None:
     total, batch_size = 200_000, 10_000
     app = f"lp_{unique_name}"[:60]
-    db = DatabaseOptimizer(app_dsn(database_url, app), pool_size=2, settings=Settings())
+    fn = sql.Identifier(f"{unique_name}_stall")
+    with admin(database_url) as conn:
+        # Batches 5 and 6 stall on one row each, so the termination always lands while
+        # batches are in flight, with earlier ones committed (atomic: nothing committed).
+        conn.execute(sql.SQL(STALL).format(fn=fn, table=sql.Identifier(table)))
     error: list[BaseException] = []
-    killed = 0
-    async with db:
+    async with DatabaseOptimizer(
+        app_dsn(database_url, app), pool_size=2, settings=Settings()
+    ) as db:
 
         async def upsert() -> None:
             try:
@@ -234,24 +251,25 @@ async def test_backends_terminated_mid_upsert(
             except BulkUpsertError as exc:
                 error.append(exc)
 
-        def some_written() -> bool:
+        def stalled() -> bool:
             with admin(database_url) as conn:
-                if atomic:  # nothing is visible before COMMIT: wait for the writing xid
-                    q = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                    q += "AND backend_xid IS NOT NULL"
-                    found = conn.execute(q, (app,)).fetchone()
-                else:
-                    found = conn.execute(
-                        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-                    ).fetchone()
-            return bool(found and found[0])
+                found = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                    "AND wait_event = 'PgSleep'",
+                    (app,),
+                ).fetchone()
+            return bool(found and found[0] == (1 if atomic else 2))
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(upsert)
-            await wait_for(some_written, timeout=60, what="a first write")
-            killed = terminate(database_url, app)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upsert)
+                await wait_for(stalled, timeout=60, what="batches in flight")
+                killed = terminate(database_url, app)
+        finally:
+            with admin(database_url) as conn:
+                conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(fn))
         assert killed >= 1
-        assert len(error) == 1, "the upsert finished before its backends were terminated"
+        assert len(error) == 1
         message = str(error[0])
         reported, reported_rows = committed_from(message)
         in_table = batches_in_table(database_url, table, batch_size)
@@ -259,8 +277,7 @@ async def test_backends_terminated_mid_upsert(
         assert all(n == batch_size for n in in_table.values()), in_table
         assert set(in_table) == reported
         assert sum(in_table.values()) == reported_rows
-        if atomic:
-            assert in_table == {}
+        assert reported == (set() if atomic else {0, 1, 2, 3, 4})
         started = time.monotonic()
         again = await db.bulk_upsert(table, rows(total, "second"), batch_size=batch_size)
         retry_s = time.monotonic() - started
@@ -277,7 +294,7 @@ async def test_backends_terminated_mid_upsert(
     reliability.record(
         AREA,
         f"pg_terminate_backend of every backend mid-bulk_upsert ({mode}, "
-        f"{total:,} rows in batches of {batch_size:,})",
+        f"{total:,} rows in batches of {batch_size:,}, batches in flight)",
         "each batch all-or-nothing; the error reports exactly what was committed; "
         "a retry writes the rest without duplicates",
         f"{killed} backends terminated; error reported {reported_rows:,} rows in "
