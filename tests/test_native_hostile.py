@@ -596,7 +596,10 @@ async def test_every_gzip_member_is_decoded(server: Hostile, engine: NativeEngin
     server.routes["/members"] = raw(ok(body, b"Content-Encoding: gzip\r\n"), keep=True)
     truncated = gzip.compress(b"x" * 1000)[:-12]
     server.routes["/cut"] = raw(ok(truncated, b"Content-Encoding: gzip\r\n"), keep=True)
-    assert (await get(engine, server.url("/members"))).content == (b"first member, second member")
+    assert (await get(engine, server.url("/members"))).content == b"first member, second member"
+    # An empty body is empty whatever its declared coding (204s, empty 200s).
+    server.routes["/empty"] = raw(ok(b"", b"Content-Encoding: gzip\r\n"), keep=True)
+    assert (await get(engine, server.url("/empty"))).content == b""
     with pytest.raises(InvalidResponseError, match="compressed"):
         await get(engine, server.url("/cut"))
 

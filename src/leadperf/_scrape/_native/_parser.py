@@ -350,15 +350,10 @@ class ResponseParser:
 
     def _complete(self, reusable: bool) -> Exchange:
         decoder = self._decoder
-        if decoder is not None:
-            try:
-                while self._step(decoder):  # only left over when within this read's budget
-                    pass
-                decoder.finish()
-            except BadResponse:
-                raise
-            except Exception as exc:
-                raise _undecodable(exc) from None
+        if decoder is not None and self._raw:  # an empty body is empty whatever its coding
+            while self._step(decoder):  # only left over when within this read's budget
+                pass
+            decoder.finish()
         body = self._body
         content = body[0] if len(body) == 1 else b"".join(body)
         return Exchange(self._status, tuple(self._headers), content, reusable)
