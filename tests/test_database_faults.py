@@ -422,3 +422,72 @@ async def test_terminated_idle_backends_fail_no_caller(
         f"{killed} backends terminated, 24 calls, {errors} errors, {lost} connections "
         f"found dead and replaced, {elapsed:.2f}s in all",
     )
+
+
+STALL_AT_COMMIT = """
+CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.email = 'lead15@x.example' THEN
+        PERFORM pg_sleep(60);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER stall AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {fn}();
+"""
+
+
+async def test_backend_terminated_during_commit_is_reported_from_the_server(
+    database_url: str, table: str, unique_name: str, reliability: Any
+) -> None:
+    app = f"lp_{unique_name}"[:60]
+    fn = sql.Identifier(f"{unique_name}_commit")
+    with admin(database_url) as conn:
+        # Deferred: runs inside COMMIT of batch 1, where the client cannot tell whether the
+        # server committed when the connection dies; the executor must ask the server.
+        conn.execute(sql.SQL(STALL_AT_COMMIT).format(fn=fn, table=sql.Identifier(table)))
+    error: list[BulkUpsertError] = []
+    try:
+        async with DatabaseOptimizer(
+            app_dsn(database_url, app), pool_size=1, settings=Settings()
+        ) as db:
+
+            async def upsert() -> None:
+                try:
+                    await db.bulk_upsert(table, rows(30, "x"), batch_size=10, concurrency=1)
+                except BulkUpsertError as exc:
+                    error.append(exc)
+
+            def in_commit() -> bool:
+                with admin(database_url) as conn:
+                    found = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
+                        "AND wait_event = 'PgSleep' AND query = 'COMMIT'",
+                        (app,),
+                    ).fetchone()
+                return bool(found and found[0])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upsert)
+                await wait_for(in_commit, timeout=30, what="batch 1 in COMMIT")
+                killed = terminate(database_url, app)
+    finally:
+        with admin(database_url) as conn:
+            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(fn))
+    assert len(error) == 1
+    message = str(error[0])
+    assert error[0].batch == 1
+    reported, reported_rows = committed_from(message)
+    in_table = batches_in_table(database_url, table, 10)
+    assert reported == set(in_table) == {0}
+    assert reported_rows == sum(in_table.values()) == 10
+    assert "unknown" not in message
+    reliability.record(
+        AREA,
+        "backend terminated while its batch was inside COMMIT (a deferred trigger stalls it)",
+        "the outcome of a COMMIT whose connection died is asked of the server "
+        "(txid_status), never guessed",
+        f"{killed} backend terminated in COMMIT of batch 1; reported batches "
+        f"{sorted(reported)} ({reported_rows} rows) committed, table held "
+        f"{sum(in_table.values())}",
+    )
