@@ -315,8 +315,9 @@ def _database(d: DatabaseStats, settings: Settings) -> list[Recommendation]:
                 f"({d.waiting} waiting now): raise DB_POOL_SIZE or DB_MAX_OVERFLOW.",
                 "DB_POOL_SIZE",
                 settings.database.pool_size + 5,
-                "database_wait_ms",
-                d.wait_ms,
+                # The figure that crossed its line: requests waiting now, else total wait.
+                "database_waiting" if d.waiting > 0 else "database_wait_ms",
+                d.waiting if d.waiting > 0 else d.wait_ms,
             )
         )
     if d.connection_errors > 0:
@@ -344,8 +345,8 @@ def _tasks(t: TaskStats, settings: Settings) -> list[Recommendation]:
                 "refused by a full queue: raise tasks.workers.",
                 "tasks.workers",
                 settings.tasks.workers * 2,
-                "tasks_wait_p95_ms",
-                t.wait_p95_ms,
+                "tasks_rejected" if t.rejected > 0 else "tasks_wait_p95_ms",
+                t.rejected if t.rejected > 0 else t.wait_p95_ms,
             )
         )
     finished = t.done + t.failed
