@@ -634,7 +634,7 @@ async def test_sqlite_lock_held_by_another_process_is_waited_for_off_the_loop(
                 f"db = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
                 "db.execute('BEGIN IMMEDIATE')\n"
                 "print('locked', flush=True)\n"
-                "time.sleep(1.0)\n"
+                "time.sleep(1.5)\n"
                 "db.execute('COMMIT')\n",
             ],
             stdout=subprocess.PIPE,
@@ -654,14 +654,15 @@ async def test_sqlite_lock_held_by_another_process_is_waited_for_off_the_loop(
         assert await c.get("during") == "written once the lock is free"
         assert c.stats().errors == 0
     assert waited > 0.3  # it really waited for the other process
-    assert lag.worst < 0.25, f"event loop blocked for {lag.worst:.3f} s"
+    # Blocking would show as a lag of the whole 1.5 s; 0.5 s leaves room for a busy machine.
+    assert lag.worst < 0.5, f"event loop blocked for {lag.worst:.3f} s"
     assert lag.ticks > 10
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM leadperf_cache").fetchone()[0] == 2
     db.close()
     reliability.record(
         "cache",
-        "SqliteCache.set while another process holds the write lock for 1 s",
+        "SqliteCache.set while another process holds the write lock for 1.5 s",
         "the lock is waited for off the event loop; the write lands when it is free",
         f"set waited {waited:.2f} s; worst event-loop lag {lag.worst * 1000:.0f} ms "
         f"over {lag.ticks} ticks; the row is in the file",
