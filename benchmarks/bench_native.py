@@ -246,13 +246,23 @@ def main() -> None:
     print("|---|---|---:|---:|")
     for (name, label), (rps, cpu_us) in best.items():
         print(f"| {name} | {label} | {rps:,.0f} | {cpu_us:,.0f} |")
+    summary(best, runners, scenarios, old is not None)
+
+
+def summary(
+    best: dict[tuple[str, str], tuple[float, float]],
+    runners: list[tuple[str, Runner]],
+    scenarios: list[tuple[str, float, int]],
+    with_before: bool,
+) -> None:
+    """Print the ratios, then the parser figures and the 1-byte-chunk timing."""
     print()
     for name, _, concurrency in scenarios:
         speed = {label: best[(name, label)][0] for label, _ in runners}
         ours = speed[runners[0][0]]
         aio = speed[runners[-1][0]]
         line = f"- {name}: NativeEngine = {ours / aio:.2f}x plain aiohttp"
-        if old is not None:
+        if with_before:
             line += f", {ours / speed[runners[1][0]]:.2f}x the engine before hardening"
         if "latency" in name:
             ceiling = concurrency / 0.05
