@@ -345,6 +345,24 @@ async def test_bytes_after_the_response_are_never_read_as_the_next_one(
 
 
 @pytest.mark.anyio
+async def test_a_head_response_is_reused_only_when_nothing_follows_its_head(
+    server: Hostile, engine: NativeEngine
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+    server.routes["/clean"] = raw(head, keep=True)
+    server.routes["/with-body"] = raw(head + b"a body a HEAD answer must not have", keep=True)
+    server.routes["/interim"] = raw(b"HTTP/1.1 100 Continue\r\n\r\n" + head, keep=True)
+    for path in ("/clean", "/interim", "/with-body"):
+        response = await get(engine, server.url(path), method="HEAD")
+        assert response.status_code == 200
+        assert response.content == b""
+        assert response.headers["content-length"] == "5000"
+    assert (await get(engine, server.url("/next"))).content == b"missing"
+    numbers = [n for n, _ in server.targets]
+    assert numbers == [1, 1, 1, 2]  # the bytes after the third head: not reused
+
+
+@pytest.mark.anyio
 async def test_a_reset_inside_a_read_to_close_body_is_an_error(
     server: Hostile, engine: NativeEngine, reliability: Any
 ) -> None:
