@@ -490,6 +490,9 @@ CREATE TABLE {} (
 """
 
 
+TYPED_TYPES = {"small": "int2", "score": "int4", "big": "int8", "note": "text", "meta": "jsonb"}
+
+
 @pytest.fixture
 def typed_table(database_url: str, unique_name: str) -> Any:
     with admin(database_url) as conn:
@@ -529,6 +532,7 @@ async def test_values_the_column_cannot_take_are_refused_naming_row_and_column(
     value: Any,
     row: int,
     expected: str,
+    reliability: Any,
 ) -> None:
     rows = typed_rows(10)
     rows[row][column] = value
@@ -537,7 +541,16 @@ async def test_values_the_column_cannot_take_are_refused_naming_row_and_column(
             await db.bulk_upsert(typed_table, rows, batch_size=3, atomic=atomic)
         assert f"row {row}, column {column!r}" in str(info.value)
         assert "Nothing was written" in str(info.value)
-    assert query(database_url, f'SELECT count(*) FROM "{typed_table}"') == [(0,)]
+    held = query(database_url, f'SELECT count(*) FROM "{typed_table}"')
+    assert held == [(0,)]
+    shown = repr(value) if len(repr(value)) < 30 else f"{repr(value)[:27]}..."
+    reliability.record(
+        "database",
+        f"bulk_upsert given {shown} for a {column} column ({TYPED_TYPES[column]}) in row {row}",
+        "a value the column cannot take exactly is refused, naming row and column; nothing written",
+        f"ConfigError: {str(info.value).split(':', 1)[1].split('.')[0].strip()}; "
+        f"table held {held[0][0]} rows",
+    )
 
 
 async def test_edge_integers_are_stored_exactly(
@@ -577,7 +590,7 @@ async def test_json_column_takes_values_and_json_text_alike(
 
 
 async def test_null_keys_on_a_nullable_unique_column_are_each_inserted(
-    db: DatabaseOptimizer, database_url: str, unique_name: str
+    db: DatabaseOptimizer, database_url: str, unique_name: str, reliability: Any
 ) -> None:
     with admin(database_url) as conn:
         conn.execute(
@@ -594,12 +607,16 @@ async def test_null_keys_on_a_nullable_unique_column_are_each_inserted(
     ]
     result = await db.bulk_upsert(unique_name, rows, key="ext")
     assert (result.inserted, result.updated, result.duplicates) == (4, 0, 1)
-    assert query(database_url, f'SELECT ext, v FROM "{unique_name}" ORDER BY v') == [
-        (None, 1),
-        (None, 3),
-        ("a", 4),
-        (None, 5),
-    ]
+    held = query(database_url, f'SELECT ext, v FROM "{unique_name}" ORDER BY v')
+    assert held == [(None, 1), (None, 3), ("a", 4), (None, 5)]
+    reliability.record(
+        "database",
+        "bulk_upsert with three None keys on a nullable UNIQUE key column (and one key twice)",
+        "NULL keys never collapse (NULL never equals NULL in a unique index); the counts "
+        "match the table",
+        f"reported {result.inserted} inserted, {result.duplicates} duplicate; table held "
+        f"{len(held)} rows, {sum(1 for ext, _ in held if ext is None)} with a NULL key",
+    )
 
 
 async def test_none_in_a_not_null_key_is_refused(
@@ -644,7 +661,7 @@ def fk_tables(database_url: str, unique_name: str) -> Any:
 
 
 async def test_deferred_constraint_fails_its_own_batch_only(
-    db: DatabaseOptimizer, fk_tables: str, database_url: str
+    db: DatabaseOptimizer, fk_tables: str, database_url: str, reliability: Any
 ) -> None:
     rows = [{"email": f"c{i}@x", "parent": i % 10} for i in range(30)]
     rows[25]["parent"] = 99  # checked only at COMMIT of batch 2
@@ -653,10 +670,21 @@ async def test_deferred_constraint_fails_its_own_batch_only(
     assert info.value.batch == 2
     assert "ForeignKeyViolation" in str(info.value)
     assert "batches 0-1 (20 rows) were committed" in str(info.value)
-    assert query(database_url, f'SELECT count(*) FROM "{fk_tables}"') == [(20,)]
-    with pytest.raises(BulkUpsertError, match="nothing was written"):
+    held = query(database_url, f'SELECT count(*) FROM "{fk_tables}"')[0][0]
+    assert held == 20
+    with pytest.raises(BulkUpsertError, match="nothing was written") as atomic:
         await db.bulk_upsert(fk_tables, rows, batch_size=10, atomic=True)
-    assert query(database_url, f'SELECT count(*) FROM "{fk_tables}"') == [(20,)]
+    after = query(database_url, f'SELECT count(*) FROM "{fk_tables}"')[0][0]
+    assert after == 20
+    reliability.record(
+        "database",
+        "deferred foreign key violated in batch 2 of 3 (checked only at COMMIT)",
+        "BulkUpsertError naming the batch, never a raw driver error; batches before it "
+        "stay committed (atomic=True: nothing written)",
+        f"{type(info.value).__name__} batch={info.value.batch}; table held {held} rows; "
+        f"atomic: {type(atomic.value).__name__} batch={atomic.value.batch}, table still "
+        f"{after} rows",
+    )
 
 
 async def test_each_batch_is_its_own_transaction(
