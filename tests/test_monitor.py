@@ -101,8 +101,15 @@ def test_registry_collects_and_renders_prometheus() -> None:
     assert "broken" in reg.errors
     text = reg.to_prometheus()
     assert "# TYPE leadperf_scraper_requests gauge" in text
-    assert "leadperf_scraper_requests 2\n" in text
-    assert "leadperf_source_errors 1\n" in text
+    # Parsed back by prometheus_client's own parser: valid exposition, right values.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert values == {"leadperf_scraper_requests": 2.0, "leadperf_source_errors": 1.0}
     reg.unregister("broken")
     assert reg.names() == ["scraper"]
     with pytest.raises(ConfigError):

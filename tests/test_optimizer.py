@@ -7,10 +7,12 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import anyio
 import pytest
 
-from leadperf import ClosedError, ConfigError, PerformanceOptimizer, Settings
+from leadperf import ClosedError, ConfigError, LeadperfError, PerformanceOptimizer, Settings
 from leadperf.cli import main as cli_main
 from leadperf.optimize import PROFILES, get_performance_optimizer
 
@@ -167,41 +169,10 @@ def test_cli_scrape_and_metrics(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["ok"] for line in lines] == [True, True, False]
     assert sorted(_Handler.seen) == ["/a", "/b"]
-    assert cli_main(["metrics"]) == 0
+    assert cli_main(["metrics", "--prometheus"]) == 0
     out = capsys.readouterr().out
     assert "leadperf_system_process_rss_mb " in out
-    assert "leadperf_cache_hits 0" in out
-
-
-def test_rest_router(site: str, settings: Settings) -> None:
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from leadperf.web import create_router
-
-    perf = PerformanceOptimizer(
-        settings.evolve(database={"url": "postgresql://lead:hunter2@127.0.0.1/x"})
-    )
-    app = FastAPI()
-    app.include_router(create_router(perf), prefix="/performance")
-    with TestClient(app) as client:
-        assert client.get("/performance/health").json()["status"] == "ok"
-        body = client.get("/performance/settings").text
-        assert "hunter2" not in body
-        assert "lead:***@" in body
-        analysis = client.get("/performance/analysis").json()
-        assert 0.0 <= analysis["cache_performance"]["hit_rate"] <= 1.0
-        metrics = client.get("/performance/metrics")
-        assert metrics.headers["content-type"].startswith("text/plain")
-        assert "leadperf_system_memory_percent" in metrics.text
-        assert set(client.get("/performance/profiles").json()) == set(PROFILES)
-        ok = client.post("/performance/optimize/memory_focused").json()
-        assert ok["profile_applied"] == "memory_focused"
-        bad = client.post("/performance/optimize/turbo")
-        assert bad.status_code == 400
-        assert "unknown profile" in bad.json()["detail"]
-        assert client.get("/performance/cache/stats").json()["hits"] == 0
-    perf.close()
+    assert "leadperf_system_memory_percent " in out
 
 
 @pytest.mark.postgres
@@ -237,3 +208,125 @@ def test_log_level_applies_to_leadperf_logger_only(settings: Settings) -> None:
         perf.close()
     finally:
         lp.setLevel(before_lp)
+
+
+# -- profiles reach open parts --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_profiles_change_live_parts_and_report_per_part(settings: Settings) -> None:
+    async with PerformanceOptimizer(settings) as perf:
+        for i in range(3000):
+            await perf.cache.set(f"k{i}", i)
+        fast = await perf.apply_optimizations("performance_focused")
+        assert perf.cache.default_ttl == 4 * 3600  # the live cache keeps entries 4 h
+        assert perf.settings.chrome.pool_size > Settings().chrome.pool_size
+        assert perf.settings.database.pool_size > Settings().database.pool_size
+        assert perf.settings.cache.pool_max_size > Settings().cache.pool_max_size
+        assert fast["parts"]["cache"]["live"]["default_ttl"] == [3600.0, 14400.0]
+        assert fast["parts"]["scraper"]["live"]["max_concurrent"] == [5, 10]
+        assert fast["parts"]["scraper"]["on_reopen"]["max_connections"] == [100, 200]
+        assert perf.scraper.max_concurrent == 10
+
+        small = await perf.apply_optimizations("memory_focused")
+        threshold = gc.get_threshold()
+        assert threshold[0] < 700  # CPython's default young threshold: collects more often
+        assert threshold[1] < 10
+        assert perf.cache.max_size == 2_000  # type: ignore[attr-defined]
+        assert small["parts"]["cache"]["live"]["max_size"] == [50_000, 2_000]
+        assert "compression_threshold" in small["parts"]["cache"]["on_reopen"]
+        assert small["parts"]["tasks"]["on_reopen"]["workers"] == [8, 2]
+        assert set(small["applied_live"]) >= {"cache", "scraper", "tasks"}
+        await perf.cache.set("one-more", 1)
+        assert perf.cache.stats().size is not None
+
+
+@pytest.mark.anyio
+async def test_gc_thresholds_follow_the_profile_and_are_given_back(settings: Settings) -> None:
+    before = gc.get_threshold()
+    async with PerformanceOptimizer(settings.evolve(profile="performance_focused")):
+        assert gc.get_threshold() == PROFILES["performance_focused"].gc_thresholds
+        assert gc.get_freeze_count() > 0  # warm-up objects frozen once per process
+    assert gc.get_threshold() == before
+
+
+@pytest.mark.anyio
+async def test_memory_guard_applies_memory_focused_and_trims(
+    settings: Settings, reliability: Any
+) -> None:
+    # A limit far below this process's real RSS: the guard must act on its first check.
+    s = settings.evolve(memory={"limit_mb": 1.0, "check_interval": 0.05})
+    async with PerformanceOptimizer(s) as perf:
+        for i in range(5000):
+            await perf.cache.set(f"lead:{i}", {"i": i})
+        with anyio.fail_after(10):
+            while perf.memory.stats().triggered == 0:
+                await anyio.sleep(0.02)
+            while perf.cache.stats().size:  # the trim follows the profile switch
+                await anyio.sleep(0.02)
+        stats = perf.memory.stats()
+        assert perf.settings.profile == "memory_focused"
+        assert gc.get_threshold() == PROFILES["memory_focused"].gc_thresholds
+        assert stats.source == "configured"
+        assert stats.used_mb > 1.0
+        assert stats.triggered == 1  # once per crossing, not once per check
+        analysis = await perf.run_performance_analysis()
+        assert analysis["memory"]["triggered"] == 1
+        assert any(r["metric"] == "memory_guard_triggered" for r in analysis["recommendations"])
+    reliability.record(
+        "memory",
+        "process RSS above the configured memory limit",
+        "guard applies memory_focused, trims the live cache, fires once per crossing",
+        f"used {stats.used_mb} MB of {stats.limit_mb} MB; triggered {stats.triggered}; "
+        "cache emptied from 5000 entries",
+    )
+
+
+def test_cgroup_limits_are_read_from_v2_files(tmp_path: Any) -> None:
+    from leadperf.optimize.memory import cgroup_memory
+
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1048576\n")
+    assert cgroup_memory(tmp_path) is None  # "max": no limit
+    (tmp_path / "memory.max").write_text("536870912\n")
+    assert cgroup_memory(tmp_path) == (1_048_576, 536_870_912)
+
+
+# -- sync use: scripts and notebooks --------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_sync_helpers_for_cache_database_and_scraper(
+    settings: Settings, site: str, redis_url: str, database_url: str, unique_name: str
+) -> None:
+    s = settings.evolve(
+        cache={"redis_url": redis_url, "redis_enabled": True},
+        database={"url": database_url, "pool_size": 1, "max_overflow": 0},
+    )
+    with PerformanceOptimizer(s) as perf:
+        perf.cache_sync.set(f"{unique_name}:a", {"v": 1})
+        assert perf.cache_sync.get(f"{unique_name}:a") == {"v": 1}
+        assert perf.database_sync.fetch("SELECT 41 + 1 AS n") == [{"n": 42}]
+        result = perf.scraper.scrape_batch_sync([f"{site}/sync"])[0]
+        assert result.ok
+        assert perf.scraper.fetch_sync(f"{site}/one").ok
+        assert sorted(_Handler.seen) == ["/one", "/sync"]
+
+        async def notebook_cell() -> Any:
+            # Another event loop in this thread, as in Jupyter: awaiting the parts works.
+            await perf.cache.set(f"{unique_name}:b", 2)
+            rows = await perf.database.fetch("SELECT 1 AS one")
+            got = await perf.scraper.scrape_batch([f"{site}/cell"])
+            return await perf.cache.get(f"{unique_name}:b"), rows, got[0].ok
+
+        assert asyncio.run(notebook_cell()) == (2, [{"one": 1}], True)
+        assert perf.cache_sync.clear(f"{unique_name}:*") == 2
+    assert perf.closed
+
+
+@pytest.mark.anyio
+async def test_sync_fronts_refused_after_async_open(settings: Settings) -> None:
+    async with PerformanceOptimizer(settings) as perf:
+        with pytest.raises(LeadperfError, match="async with"):
+            _ = perf.cache_sync
