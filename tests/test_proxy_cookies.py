@@ -381,3 +381,14 @@ async def test_cookies_are_off_by_default(server: ScrapeServer, key: str, engine
         redirected = await s.fetch(server.url(0, f"/cookie/redirect?name=b{key}&value=2&to=/echo"))
     assert _cookie_seen(echoed.content) == ""
     assert _cookie_seen(redirected.content) == ""
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("engine", PROXY_ENGINES)
+async def test_international_host_names_are_sent_as_idna_2008(engine: str) -> None:
+    # Through a proxy the request line carries the host as encoded: nothing to resolve.
+    with HttpProxy() as proxy:
+        async with scraper(engine=engine, proxy=proxy.url(), retry=RetryPolicy(attempts=1)) as s:
+            await s.fetch("http://straße.test/page")
+    # (aiohttp resends once when the proxy hangs up without an answer: same target)
+    assert {r["target"] for r in proxy.records} == {"http://xn--strae-oqa.test/page"}
