@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -23,6 +23,7 @@ from .._core.redact import mask_dsn, mask_text, secrets_of
 from .._portal import run_sync
 from .._util import require
 from ..errors import ConfigError, DatabaseError, DatabaseUnavailableError
+from ._periods import Interval, next_period, period_start, sql_literal, utc
 from ._sql import MAX_IDENTIFIER_BYTES, check_identifier
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ArchiveReport", "Archiver", "PartitionInfo"]
 
-Interval = Literal["month", "day"]
 _SUFFIX_DIGITS = {"month": 6, "day": 8}
 _CONNECT_TIMEOUT = 10
 
@@ -76,38 +76,6 @@ class ArchiveReport:
     def partitions(self) -> tuple[str, ...]:
         """Names of the partitions moved."""
         return tuple(p.name for p in self.moved)
-
-
-def _utc(value: dt.datetime | dt.date, what: str) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)  # naive: read as UTC, as documented
-        return value.astimezone(dt.UTC)
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    raise ConfigError(f"{what} must be a datetime or date, got {type(value).__name__}", key=what)
-
-
-def period_start(moment: dt.datetime, interval: Interval) -> dt.datetime:
-    """Start (UTC) of the month or day containing ``moment``."""
-    moment = moment.astimezone(dt.UTC)
-    if interval == "month":
-        return dt.datetime(moment.year, moment.month, 1, tzinfo=dt.UTC)
-    return dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.UTC)
-
-
-def next_period(start: dt.datetime, interval: Interval) -> dt.datetime:
-    """Start of the period after the one beginning at ``start``."""
-    if interval == "day":
-        return start + dt.timedelta(days=1)
-    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
-    return start.replace(year=year, month=month)
-
-
-def _literal(moment: dt.datetime) -> str:
-    # An untyped literal: the server coerces it to the partition key's own type
-    # (timestamptz: UTC midnight; timestamp and date: the same wall-clock midnight).
-    return moment.strftime("%Y-%m-%d %H:%M:%S+00")
 
 
 class Archiver:
@@ -181,7 +149,7 @@ class Archiver:
 
     def partition_name(self, moment: dt.datetime | dt.date) -> str:
         """Name of the partition holding ``moment`` (e.g. ``leads_p202611``)."""
-        start = period_start(_utc(moment, "moment"), self._interval)
+        start = period_start(utc(moment, "moment"), self._interval)
         fmt = "%Y%m" if self._interval == "month" else "%Y%m%d"
         return f"{self._table}_p{start.strftime(fmt)}"
 
@@ -380,7 +348,7 @@ class Archiver:
         """
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
             raise ConfigError(f"ahead must be an integer >= 0, got {ahead!r}", key="ahead")
-        start = period_start(_utc(now or dt.datetime.now(dt.UTC), "now"), self._interval)
+        start = period_start(utc(now or dt.datetime.now(dt.UTC), "now"), self._interval)
         created: list[str] = []
         async with self._connect() as conn:
             try:
@@ -404,7 +372,7 @@ class Archiver:
         upper = next_period(lower, self._interval)
         parent, default = self._ident(self._table), self._ident(self.default_partition)
         column = sql.Identifier(self._column)
-        bounds = (sql.Literal(_literal(lower)), sql.Literal(_literal(upper)))
+        bounds = (sql.Literal(sql_literal(lower)), sql.Literal(sql_literal(upper)))
         async with conn.transaction():
             # Writers wait for this short transaction instead of racing the row move.
             await conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(parent))
@@ -465,7 +433,7 @@ class Archiver:
         is finished. Naive datetimes are read as UTC. Idempotent: a rerun moves nothing.
         """
         started = time.perf_counter()
-        cutoff = _utc(older_than, "older_than")
+        cutoff = utc(older_than, "older_than")
         moved: list[PartitionInfo] = []
         recovered: list[str] = []
         async with self._connect() as conn:
@@ -542,13 +510,13 @@ class Archiver:
                     column,
                     self._ident(self.default_partition),
                     column,
-                    sql.Literal(_literal(period_start(cutoff, self._interval))),
+                    sql.Literal(sql_literal(period_start(cutoff, self._interval))),
                 )
             )
             oldest = (await cur.fetchone() or (None,))[0]
             if oldest is None:
                 return
-            lower = period_start(_utc(oldest, "timestamp"), self._interval)
+            lower = period_start(utc(oldest, "timestamp"), self._interval)
             if not await self._create_partition(conn, lower, only_if_rows=True):
                 return  # already exists (rows raced in): leave them for the next run
 
