@@ -223,3 +223,89 @@ def test_as_dict_is_json_able_and_masked() -> None:
     assert data["database"]["url"] == "postgresql://u:***@db/x"
     assert data["scraper"]["max_concurrent"] == 5
     assert data["profile"] == "balanced"
+
+
+SEED_YAML = """\
+performance:
+  cache:
+    enabled: true
+    redis_url: "redis://localhost:6379/0"
+    default_ttl: 3600
+    max_size: 10000
+    compression: true
+  database:
+    pool_size: 20
+    max_overflow: 30
+    pool_timeout: 30
+    enable_query_cache: true
+  monitoring:
+    enabled: true
+    metrics_interval: 60
+    system_monitoring: true
+"""
+
+
+def test_seed_yaml_is_accepted_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "performance.yaml"
+    path.write_text(SEED_YAML)
+    s = Settings.from_yaml(path, environ={})
+    assert s.cache.compression == "br"  # true: the default compressor
+    assert s.cache.redis_enabled  # a Redis URL alone means "use it"
+    assert (s.database.pool_size, s.database.max_overflow) == (20, 30)
+    path.write_text(SEED_YAML.replace("compression: true", "compression: false"))
+    assert Settings.from_yaml(path, environ={}).cache.compression == "none"
+    assert Settings(cache={"compression": True}).cache.compression == "br"
+
+
+def test_from_env_reads_leadperf_config_then_the_default_file(
+    tmp_path: Path, tmp_env: pytest.MonkeyPatch
+) -> None:
+    named = tmp_path / "named.yaml"
+    named.write_text("performance:\n  profile: memory_focused\n  cache: {default_ttl: 120}\n")
+    env = {"LEADPERF_CONFIG": str(named), "PERFORMANCE_CACHE_TTL": "90"}
+    s = Settings.from_env(env)
+    assert s.profile == "memory_focused"
+    assert s.cache.default_ttl == 90.0  # the environment wins over the file
+    tmp_env.chdir(tmp_path)
+    assert Settings.from_env({}).profile == "balanced"  # no config/performance.yaml yet
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "performance.yaml").write_text(SEED_YAML)
+    assert Settings.from_env({}).database.pool_size == 20
+    with pytest.raises(ConfigError, match="cannot read settings file"):
+        Settings.from_env({"LEADPERF_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_redis_url_alone_selects_redis() -> None:
+    from leadperf.cache import MemoryCache, TieredCache, from_settings
+
+    s = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/15"})
+    assert s.cache.redis_enabled
+    assert isinstance(from_settings(s), TieredCache)
+    off = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/15", "REDIS_ENABLED": "false"})
+    assert isinstance(from_settings(off), MemoryCache)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DATABASE_URL": "mysql://lead:hunter2@db/x"}, "database.url"),
+        ({"DATABASE_URL": "not a url"}, "database.url"),
+        ({"REDIS_URL": "http://cache:6379"}, "cache.redis_url"),
+        ({"LEADPERF_CACHE_URL": "ftp://x"}, "cache.url"),
+    ],
+)
+def test_urls_are_validated_without_echoing_passwords(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.key == key
+    assert "hunter2" not in str(info.value)
+
+
+def test_memory_and_task_sections() -> None:
+    s = Settings.from_env({"LEADPERF_MEMORY_LIMIT_MB": "768"})
+    assert s.memory.limit_mb == 768.0
+    assert Settings(profile="memory_focused").tasks.workers < Settings().tasks.workers
+    with pytest.raises(ConfigError, match=r"memory\.guard_ratio"):
+        Settings(memory={"guard_ratio": 1.5})
+    assert "memory" in YAML_KEYS
+    assert "tasks" in YAML_KEYS
