@@ -59,15 +59,42 @@ def database_url() -> str:
         import psycopg
     except ImportError:
         service_missing("psycopg is not installed: pip install -e '.[all,test]'")
-    try:
-        with psycopg.connect(DATABASE_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        service_missing(
-            f"PostgreSQL is not reachable at LEADPERF_TEST_DATABASE_URL ({type(exc).__name__}); "
-            "start one: pg_ctlcluster $(ls /etc/postgresql) main start"
-        )
+    for attempt in (1, 2):
+        try:
+            with psycopg.connect(DATABASE_URL, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            break
+        except Exception as exc:
+            # A fresh server has no "test" database yet: create it once, then retry.
+            if attempt == 1 and create_missing_database(DATABASE_URL):
+                continue
+            service_missing(
+                f"PostgreSQL is not reachable at LEADPERF_TEST_DATABASE_URL "
+                f"({type(exc).__name__}); start one: pg_ctlcluster $(ls /etc/postgresql) main "
+                "start"
+            )
     return DATABASE_URL
+
+
+def create_missing_database(url: str) -> bool:
+    """Create ``url``'s database when its server answers but lacks it; True if it now exists."""
+    import psycopg
+    from psycopg import conninfo, errors, sql
+
+    name = conninfo.conninfo_to_dict(url).get("dbname")
+    if not name or name == "postgres":
+        return False
+    try:
+        admin = conninfo.make_conninfo(url, dbname="postgres")
+        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                return False  # it exists: the failure was something else
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+    except errors.DuplicateDatabase:
+        return True  # another session created it first
+    except Exception:
+        return False  # the server itself is not reachable
+    return True
 
 
 @pytest.fixture

@@ -309,3 +309,26 @@ def test_memory_and_task_sections() -> None:
         Settings(memory={"guard_ratio": 1.5})
     assert "memory" in YAML_KEYS
     assert "tasks" in YAML_KEYS
+
+
+@pytest.mark.postgres
+def test_suite_creates_its_database_on_a_fresh_server(database_url: str, unique_name: str) -> None:
+    import psycopg
+    from psycopg import conninfo
+
+    from conftest import create_missing_database
+
+    url = conninfo.make_conninfo(database_url, dbname=unique_name)
+    with pytest.raises(psycopg.OperationalError, match="does not exist"):
+        psycopg.connect(url, connect_timeout=3).close()
+    assert create_missing_database(url)
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (unique_name,)
+        assert not create_missing_database(url)  # exists now: nothing to do
+    finally:
+        admin = conninfo.make_conninfo(database_url, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{unique_name}" WITH (FORCE)')
+    dead = "postgresql://postgres@127.0.0.1:1/test"
+    assert not create_missing_database(dead)
