@@ -57,13 +57,13 @@ class ResponseParser:
     __slots__ = (
         "_body",
         "_budget",
-        "_count",
         "_decoder",
         "_done",
         "_encoding",
         "_ending",
         "_error",
         "_framed",
+        "_head",
         "_head_bytes",
         "_head_fed",
         "_head_only",
@@ -104,7 +104,7 @@ class ResponseParser:
 
     def _reset_head(self) -> None:
         self._headers: list[bytes] = []
-        self._count = 0
+        self._head: tuple[bytes, ...] = ()
         self._headers_done = False
         self._interim = False
         self._framed = False
@@ -232,31 +232,12 @@ class ResponseParser:
             raise _Stop
 
     def on_status(self, status: bytes) -> None:
-        self._head_bytes += len(status) + 15
-        if self._head_bytes > self._limits.max_head_size:
-            raise self._fail(
-                TooLarge("the response head", self._limits.max_head_size, "max_head_size")
-            )
+        self._head_bytes += len(status)  # checked with the fields, at the end of the head
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
-        self._count += 1
-        if self._headers_done:  # a chunked trailer: counted, not kept
-            if self._count > limits.max_header_count:
-                raise self._fail(
-                    TooLarge("trailer fields", limits.max_header_count, "max_header_count")
-                )
-            self._head_bytes += len(name) + len(value) + 4  # head and trailers share the cap
-            if self._head_bytes > limits.max_head_size:
-                raise self._fail(
-                    TooLarge("the head with its trailers", limits.max_head_size, "max_head_size")
-                )
-            return
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > limits.max_head_size:
-            raise self._fail(TooLarge("the response head", limits.max_head_size, "max_head_size"))
-        if self._count > limits.max_header_count:
-            raise self._fail(TooLarge("header fields", limits.max_header_count, "max_header_count"))
+        # Kept lean (it runs for every field of every response): the limits are checked
+        # once per head in on_headers_complete, and until then llhttp holds at most the
+        # cap plus one read (see feed).
         headers = self._headers
         headers.append(name)
         headers.append(value)
@@ -275,6 +256,16 @@ class ResponseParser:
         elif size == 16 and name.lower() == b"content-encoding":
             self._encoding = value.strip().lower()
 
+    def _check_fields(self, fields: list[bytes], what: str) -> None:
+        """Hold ``fields`` (flat name/value pairs) and the head so far to the limits."""
+        limits = self._limits
+        if len(fields) > 2 * limits.max_header_count:
+            raise self._fail(TooLarge(what, limits.max_header_count, "max_header_count"))
+        # 15 for "HTTP/1.1 200 " and its CRLF, 4 per field for ": " and CRLF.
+        self._head_bytes += sum(map(len, fields)) + 2 * len(fields) + 15
+        if self._head_bytes > limits.max_head_size:
+            raise self._fail(TooLarge("the response head", limits.max_head_size, "max_head_size"))
+
     def on_headers_complete(self) -> None:
         p = self._p
         status = p.get_status_code()
@@ -286,9 +277,12 @@ class ResponseParser:
             return
         if p.get_http_version() not in ("1.1", "1.0"):
             raise self._fail(BadResponse(f"unsupported HTTP version {p.get_http_version()}"))
+        headers = self._headers
+        self._check_fields(headers, "header fields")
+        self._head = tuple(headers)
+        self._headers = []  # chunked trailers, if any, go here
         self._status = status
         self._headers_done = True
-        self._count = 0  # trailers get their own count
         self._keep_alive = p.should_keep_alive()
         limit = self._limits.max_body_size
         if self._length > limit:  # the raw body alone would pass the cap
@@ -296,7 +290,7 @@ class ResponseParser:
         if self._encoding is not None:
             self._decoder = make_decoder(self._encoding, limit)
         if self._head_only:
-            self._done = Exchange(status, tuple(self._headers), b"", self._head_ends_reads())
+            self._done = Exchange(status, self._head, b"", self._head_ends_reads())
             raise _Stop
 
     def _head_ends_reads(self) -> bool:
@@ -340,6 +334,9 @@ class ResponseParser:
         if self._interim:
             self._reset_head()
             return
+        if self._headers:  # trailers: counted and sized with the head, never kept
+            self._check_fields(self._headers, "trailer fields")
+            self._headers = []
         if self._decoder is not None and self._budget <= 0:
             self._ending = True  # pump() finishes the decoding, then the response
             return
@@ -356,7 +353,7 @@ class ResponseParser:
             decoder.finish()
         body = self._body
         content = body[0] if len(body) == 1 else b"".join(body)
-        return Exchange(self._status, tuple(self._headers), content, reusable)
+        return Exchange(self._status, self._head, content, reusable)
 
 
 def _undecodable(exc: BaseException) -> BadResponse:
