@@ -604,7 +604,11 @@ async def test_memory_max_bytes_evicts_by_size_and_refuses_a_huge_value(
     assert (c.stats().size, c.size_bytes) == before
     # The default budget refuses what the audit stored: a 1 GiB value (checked without
     # allocating one, through a budget of the same proportions).
-    assert MemoryCache(settings=SETTINGS).max_bytes == 256 * 1024 * 1024
+    default = MemoryCache(settings=SETTINGS)
+    assert default.max_bytes == 256 * 1024 * 1024
+    with pytest.raises(SerializationError, match="max_value_size"):
+        await default.set("big", b"x" * (16 * 1024 * 1024 + 1))
+    assert default.size_bytes == 0
     await c.delete("rows")
     await c.clear()
     assert c.size_bytes == 0

@@ -306,6 +306,58 @@ async def test_postgres_terminated_backends_are_replaced_before_callers_see_them
     )
 
 
+@pytest.mark.postgres
+async def test_postgres_statement_blocked_by_a_lock_is_bounded_by_the_timeout(
+    database_url: str, unique_name: str, reliability: Any
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    try:
+        async with PostgresCache(
+            database_url,
+            table=unique_name,
+            timeout=1.0,
+            cleanup_interval=None,
+            settings=SETTINGS,
+        ) as c:
+            await c.set("lead", "old")
+            with psycopg.connect(database_url) as locker:  # holds the row lock, uncommitted
+                locker.execute(
+                    sql.SQL("SELECT 1 FROM {} WHERE key = %s FOR UPDATE").format(
+                        sql.Identifier(unique_name)
+                    ),
+                    ("leadperf:lead",),
+                )
+                started = time.monotonic()
+                await c.set("lead", "new")
+                took = time.monotonic() - started
+                deadline = time.monotonic() + 1.0
+                while True:  # the server may take a moment to abort it; never the lock's life
+                    waiting = locker.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE %s",
+                        (f"%{unique_name}%",),
+                    ).fetchone()
+                    if waiting == (0,) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                locker.rollback()
+            assert took < 2.0
+            assert c.stats().errors == 1
+            assert waiting == (0,)  # the server is not still running the abandoned statement
+            assert await c.get("lead") == "old"  # nothing half-written
+    finally:
+        _drop_table(database_url, unique_name)
+    reliability.record(
+        "cache",
+        "PostgresCache.set blocked by another transaction's row lock (timeout=1 s)",
+        "the statement is aborted at the timeout; the call is a counted error",
+        f"set returned after {took:.2f} s with 1 error; no statement left waiting on the "
+        "server; the old value kept",
+    )
+
+
 # -- Redis ----------------------------------------------------------------------------------
 
 

@@ -77,8 +77,8 @@ class PostgresCache(BaseCache):
     The pool holds ``min_size``..``max_size`` connections (default from
     ``settings.cache.pool_min_size``/``pool_max_size``: 2..10). ``connect_timeout``
     bounds opening (seconds). ``timeout`` (seconds, default 5) bounds every call, waiting
-    for a pooled connection included: the server aborts a statement running longer
-    (``statement_timeout``) and the client gives up on a server that does not answer (a
+    for a pooled connection included: the server aborts a statement running past 90% of
+    it (``statement_timeout``) and the client gives up on a server that does not answer (a
     frozen network), so a call is a miss or a counted error after ``timeout``. Each pooled
     connection is checked before use (no round trip unless its socket shows the server
     closed it), so a terminated backend is replaced instead of failing a caller.
@@ -284,8 +284,10 @@ class PostgresCache(BaseCache):
             self._expiry.start()
 
     async def _configure(self, conn: Any) -> None:
-        # The server aborts any statement running past the call's deadline.
-        await conn.execute(f"SET statement_timeout = {max(1, int(self.timeout * 1000))}")
+        # The server aborts a statement a little before the call's deadline: a slow
+        # statement then fails cleanly and its connection stays usable; the client-side
+        # deadline is left for a server that does not answer at all.
+        await conn.execute(f"SET statement_timeout = {max(1, int(self.timeout * 900))}")
 
     async def _close(self) -> None:
         if self._expiry is not None:
