@@ -345,3 +345,28 @@ def test_the_facade_sync_with_pattern(server: ScrapeServer, key: str) -> None:
         single = perf.scraper.fetch_sync(urls[0])
     assert all(r.ok for r in results)
     assert single.ok
+
+
+@pytest.mark.anyio
+async def test_the_aiohttp_resolver_refuses_private_addresses_at_connect_time(
+    server: ScrapeServer,
+) -> None:
+    # The scraper checks each hop first; the engine's resolver checks again when it
+    # connects, so a name that changes its answer in between (DNS rebinding) is refused.
+    from leadperf._scrape._engine import make_engine
+    from leadperf._scrape._request import Request
+
+    engine = make_engine(
+        "aiohttp",
+        max_connections=2,
+        timeout=5.0,
+        headers=None,
+        trust_env=False,
+        allow_private_networks=False,
+    )
+    try:
+        with pytest.raises(UnsafeRequestError, match="resolves to"):
+            await engine.request(Request("GET", f"http://localhost:{server.ports[0]}/tiny/x", 5.0))
+    finally:
+        await engine.aclose()
+    assert server.total_hits == 0

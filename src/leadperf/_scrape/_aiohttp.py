@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._util import require
-from ..errors import ConfigError, ScrapeError
+from ..errors import ConfigError, ScrapeError, UnsafeRequestError
 from ._engine import (
     RawHeaders,
     Response,
@@ -62,6 +62,7 @@ class AiohttpEngine:
         proxy: str | None = None,
         trust_env: bool = True,
         cookies: bool = False,
+        allow_private_networks: bool = True,
     ) -> None:
         aio = require("aiohttp", "aiohttp")
         try:
@@ -86,7 +87,8 @@ class AiohttpEngine:
             )
             self._proxy = None  # the connector tunnels every connection itself
         else:
-            connector = aio.TCPConnector(limit=max_connections, limit_per_host=0)
+            resolver = None if allow_private_networks else _guarded_resolver(aio)
+            connector = aio.TCPConnector(limit=max_connections, limit_per_host=0, resolver=resolver)
         # unsafe=True: a scraper's hosts are often IP addresses, whose cookies aiohttp's
         # default jar would drop.
         jar = aio.CookieJar(unsafe=True) if cookies else aio.DummyCookieJar()
@@ -185,6 +187,31 @@ class AiohttpEngine:
     async def aclose(self) -> None:
         """Close the session and every pooled connection."""
         await self._session.close()
+
+
+def _guarded_resolver(aio: Any) -> Any:
+    """A resolver refusing private addresses at connect time (closes the DNS-rebinding gap
+    between the scraper's own check and the connection)."""
+    from ._urls import is_public_address
+
+    class GuardedResolver(aio.abc.AbstractResolver):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._inner = aio.DefaultResolver()
+
+        async def resolve(self, host: str, port: int = 0, family: Any = 0) -> Any:
+            found = await self._inner.resolve(host, port, family)
+            for item in found:
+                if not is_public_address(item["host"]):
+                    raise UnsafeRequestError(
+                        f"{host} resolves to {item['host']}, a private, loopback, link-local "
+                        "or metadata address; refused because allow_private_networks=False"
+                    )
+            return found
+
+        async def close(self) -> None:
+            await self._inner.close()
+
+    return GuardedResolver()
 
 
 def _check_head(

@@ -300,6 +300,7 @@ def make_engine(
     proxy: str | None = None,
     trust_env: bool = True,
     cookies: bool = False,
+    allow_private_networks: bool = True,
 ) -> Engine:
     """Build the engine called ``name`` (``"aiohttp"``, ``"httpx"`` or ``"native"``).
 
@@ -313,6 +314,8 @@ def make_engine(
             ``socks5://`` on aiohttp with ``leadperf[socks]``).
         trust_env: honour ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` from the environment.
         cookies: keep a cookie jar (off: every request stands alone).
+        allow_private_networks: False: the aiohttp engine's resolver also refuses private
+            addresses at connect time (the scraper checks every hop before sending).
 
     Raises:
         ConfigError: an unknown engine, or an option the engine cannot honour (the native
@@ -338,6 +341,7 @@ def make_engine(
             proxy=proxy,
             trust_env=trust_env,
             cookies=cookies,
+            allow_private_networks=allow_private_networks,
         )
     if name == "httpx":
         from ._httpx import HttpxEngine

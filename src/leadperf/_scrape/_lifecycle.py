@@ -46,6 +46,7 @@ class Lifecycle:
     _proxy: str | None
     _trust_env: bool
     _cookies: bool
+    _allow_private: bool
     _engine: Engine | None
     _loop: asyncio.AbstractEventLoop | None
     _owner: Owner | None
@@ -81,6 +82,7 @@ class Lifecycle:
                 proxy=self._proxy,
                 trust_env=self._trust_env,
                 cookies=self._cookies,
+                allow_private_networks=self._allow_private,
             )
             self._loop = loop
             self._owner = owner
