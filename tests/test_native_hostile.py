@@ -170,6 +170,8 @@ async def get(engine: NativeEngine, url: str, **kwargs: Any) -> Response:
         ("GET", "/", (("X A", "1"),)),
         ("GET", "/", (("X-A:", "1"),)),
         ("GET", "/", (("X-A\r\nX-Injected", "1"),)),
+        ("POST", "/", (("Content-Length", "5"), ("X-A", "1"))),
+        ("POST", "/", (("Transfer-Encoding", "chunked"),)),
     ],
 )
 async def test_unsafe_requests_send_nothing(
@@ -198,6 +200,17 @@ async def test_unsafe_requests_send_nothing(
         f"{type(caught.value).__name__}; server saw {server.connections} connection(s) "
         "before the next clean request",
     )
+
+
+@pytest.mark.anyio
+async def test_the_engine_alone_frames_the_request_body(
+    server: Hostile, engine: NativeEngine
+) -> None:
+    headers = (("Content-Length", "4"), ("X-A", "1"))
+    await get(engine, server.url("/"), method="POST", content=b"lead", headers=headers)
+    sent = server.received[0]
+    assert sent.lower().count(b"content-length:") == 1
+    assert sent.endswith(b"\r\n\r\nlead")
 
 
 @pytest.mark.anyio

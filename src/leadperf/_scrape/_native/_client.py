@@ -147,7 +147,7 @@ class NativeEngine:
         try:
             method = self._method(request.method)
             if request.headers:
-                block = header_block({**self._defaults, **checked_headers(request.headers)})
+                block = header_block({**self._defaults, **_framed(request.headers, body)})
             else:
                 block = self._default_block
             target = self._target(url, request.params)
@@ -261,6 +261,30 @@ def _head(method: str, target: Target, block: str, body: bytes) -> bytes:
     host_line = f"Host: {host}\r\n" if host else ""
     head = f"{method} {target.target} HTTP/1.1\r\n{host_line}{block}{auth}{length}\r\n"
     return head.encode("latin-1") + body
+
+
+def _framed(headers: tuple[tuple[str, str], ...], body: bytes) -> dict[str, tuple[str, str]]:
+    """Checked request headers, minus the framing the engine writes itself.
+
+    A second ``Content-Length`` or a ``Transfer-Encoding`` next to ours would let the
+    server and a proxy in front of it disagree on where the request ends.
+
+    Raises:
+        UnsafeRequestError: a ``Content-Length`` other than the body's length, or a
+            ``Transfer-Encoding`` (the engine sends whole bodies only).
+    """
+    checked = checked_headers(headers)
+    length = checked.pop("content-length", None)
+    if length is not None and length[1].strip() != str(len(body)):
+        raise UnsafeRequestError(
+            f"Content-Length {length[1][:20]!r} does not match the {len(body)}-byte body; "
+            "leave it out (the engine sets it)"
+        )
+    if "transfer-encoding" in checked:
+        raise UnsafeRequestError(
+            "Transfer-Encoding cannot be set: the engine sends whole bodies with a Content-Length"
+        )
+    return checked
 
 
 def _expire(waiter: asyncio.Future[Exchange]) -> None:
