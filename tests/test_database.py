@@ -860,3 +860,35 @@ async def test_commit_outcome_is_learned_from_the_server(
             assert await executor._status(committed) == "committed"
             assert await executor._status(aborted) == "aborted"
             assert time.monotonic() - started < 1  # never waited for the pool
+
+
+async def test_array_values_are_checked_like_scalars(
+    db: DatabaseOptimizer, leads_table: str, database_url: str
+) -> None:
+    rows = leads(30, "x")
+    rows[15]["tags"] = ["b2b", 7]  # no COPY format can write a mixed array
+    with pytest.raises(ConfigError, match=r"row 15, column 'tags'.*mixes element types"):
+        await db.bulk_upsert(leads_table, rows, batch_size=10)
+    assert query(database_url, f'SELECT count(*) FROM "{leads_table}"') == [(0,)]
+    rows[15]["tags"] = [1, 2]  # ints for text[]: text COPY, the server casts them
+    rows[16]["tags"] = [["a", "b"], ["c", "d"]]  # two dimensions: text COPY as well
+    result = await db.bulk_upsert(leads_table, rows, batch_size=10)
+    assert result.inserted == 30
+    assert query(
+        database_url,
+        f'SELECT tags FROM "{leads_table}" WHERE email IN (%s, %s) ORDER BY email',
+        "lead15@example.com",
+        "lead16@example.com",
+    ) == [(["1", "2"],), ([["a", "b"], ["c", "d"]],)]
+
+
+def test_integer_array_elements_are_range_checked() -> None:
+    info = table_info(email=(25, "text", True), ids=(1007, "integer[]", False))
+    rows = [{"email": f"e{i}", "ids": [i, None]} for i in range(5)]
+    assert make_plan(info, None, rows, ("email",), batch_size=10).binary
+    rows[3]["ids"] = [1, 2**31]
+    with pytest.raises(ConfigError, match=r"row 3, column 'ids'.*out of range for int4"):
+        make_plan(info, None, rows, ("email",), batch_size=10)
+    rows[3]["ids"] = [True]
+    with pytest.raises(ConfigError, match=r"row 3, column 'ids'.*bool"):
+        make_plan(info, None, rows, ("email",), batch_size=10)

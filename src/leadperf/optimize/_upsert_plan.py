@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import gc
+import itertools
 import json
 import operator
 import uuid
@@ -40,6 +41,8 @@ _NUMBER_OIDS = {21, 23, 20, 700, 701, 1700}
 _TEXT_OIDS = {25, 1043, 1042}
 _JSON_OIDS = {114: "json", 3802: "jsonb"}
 _BYTES = (bytes, bytearray, memoryview)
+_INT_ARRAY_RANGES = {1007: ("int4", 2**31), 1016: ("int8", 2**63)}
+_ARRAY_OIDS = {1009, 1015, *_INT_ARRAY_RANGES}
 # Exact Python types binary COPY dumps faithfully as each column type (by oid). Anything
 # else (a str for an int column, a naive datetime for timestamptz...) goes as text COPY,
 # where the server parses the value exactly as it would in an INSERT.
@@ -313,7 +316,38 @@ def _check_column(column: Column, values: Sequence[Any], kinds: set[type]) -> li
     if dict in kinds and oid not in _JSON_OIDS:
         i = _first(values, lambda v: type(v) is dict)
         raise _refuse(i, column, values[i], "is a dict; only json/jsonb columns take one")
+    if oid in _ARRAY_OIDS and kinds == {list}:
+        _check_array(column, values, _element_kinds(values))
     return None
+
+
+def _element_kinds(values: Sequence[Any]) -> set[type]:
+    """Types of the elements of every list in ``values`` (None aside), one C-level pass."""
+    kinds = set(map(type, itertools.chain.from_iterable(filter(None, values))))
+    kinds.discard(_NONE)
+    return kinds
+
+
+def _check_array(column: Column, values: Sequence[Any], elements: set[type]) -> None:
+    """Refuse arrays no COPY can write as this column: mixed element types, ints out of range."""
+    if len(elements) > 1 and list not in elements:
+        # Different rows may hold different element types (text COPY then lets the server
+        # cast each array); one array mixing them cannot be written at all.
+        mixed = (i for i, v in enumerate(values) if v and len(set(map(type, v)) - {_NONE}) > 1)
+        i = next(mixed, -1)
+        if i >= 0:
+            raise _refuse(i, column, values[i], "mixes element types; an array holds one type")
+    if column.oid in _INT_ARRAY_RANGES and elements & {int, bool}:
+        name, bound = _INT_ARRAY_RANGES[column.oid]
+        if bool in elements:
+            i = _first(values, lambda v: v and any(type(e) is bool for e in v))
+            raise _refuse(i, column, values[i], "holds a bool; pass ints")
+        flat = [e for e in itertools.chain.from_iterable(filter(None, values)) if e is not None]
+        if min(flat) < -bound or max(flat) >= bound:
+            i = _first(
+                values, lambda v: v and any(e is not None and not -bound <= e < bound for e in v)
+            )
+            raise _refuse(i, column, values[i], f"holds an element out of range for {name}")
 
 
 def _binary_safe(column: Column, values: Sequence[Any], kinds: set[type]) -> bool:
@@ -329,6 +363,10 @@ def _binary_safe(column: Column, values: Sequence[Any], kinds: set[type]) -> boo
         return None not in zones if column.oid == 1184 else zones <= {None}
     if column.oid == 1082:
         return datetime.datetime not in kinds
+    if column.oid in _ARRAY_OIDS and kinds:
+        # The binary array dumpers take 1-D arrays of exactly str (text) or int (integers).
+        want = {int} if column.oid in _INT_ARRAY_RANGES else {str}
+        return _element_kinds(values) <= want
     return True
 
 
