@@ -34,6 +34,9 @@ __all__ = [
     "get_registry",
 ]
 
+#: Shortest window (seconds) over which a first CPU percentage is worth reporting.
+_CPU_WINDOW = 0.25
+
 # psutil calls block briefly (they read /proc); keep them off the event loop, one at a time.
 _LIMITER: anyio.CapacityLimiter | None = None
 
@@ -104,9 +107,11 @@ class SystemMonitor:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
-        # Prime cpu_percent so the first real sample measures an interval, not 0.0.
-        psutil.cpu_percent(interval=None)
-        self._process.cpu_percent(interval=None)
+        # CPU percentages are deltas against the previous sample, kept here rather than in
+        # psutil's cpu_percent(interval=None), whose state is per thread (samples run on
+        # whichever worker thread is free, so psutil's would often compare with nothing).
+        self._cpu_mark = self._cpu_now()
+        self._primed_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<SystemMonitor interval={self.interval}s samples={len(self._history)}>"
@@ -119,7 +124,7 @@ class SystemMonitor:
         proc = self._process
         with proc.oneshot():
             rss = proc.memory_info().rss
-            pcpu = proc.cpu_percent(interval=None)
+            mark = self._cpu_now()
             threads = proc.num_threads()
             try:
                 fds = proc.num_fds()
@@ -133,9 +138,12 @@ class SystemMonitor:
                 children += 1
             except psutil.Error:
                 continue  # exited between listing and reading
+        with self._lock:
+            cpu, pcpu = _cpu_delta(self._cpu_mark, mark)
+            self._cpu_mark = mark
         snap = SystemSnapshot(
             timestamp=time.time(),
-            cpu_percent=psutil.cpu_percent(interval=None),
+            cpu_percent=cpu,
             memory_percent=vm.percent,
             memory_used_mb=round(vm.used / 2**20, 1),
             memory_available_mb=round(vm.available / 2**20, 1),
@@ -150,8 +158,23 @@ class SystemMonitor:
             self._history.append(snap)
         return snap
 
+    def _cpu_now(self) -> tuple[float, float, float, float]:
+        """(host busy seconds, host total seconds, process cpu seconds, wall seconds)."""
+        t = psutil.cpu_times()
+        total = sum(t)
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        p = self._process.cpu_times()
+        return total - idle, total, p.user + p.system, time.monotonic()
+
     async def sample_async(self) -> SystemSnapshot:
-        """Take one sample in a worker thread (never blocks the event loop)."""
+        """Take one sample in a worker thread (never blocks the event loop).
+
+        The first sample of a new monitor waits until ``_CPU_WINDOW`` seconds have passed
+        since it was built: CPU percentages over a shorter window are noise (often 0.0).
+        """
+        wait = self._primed_at + _CPU_WINDOW - time.monotonic()
+        if wait > 0 and not self._history:
+            await anyio.sleep(wait)
         return await anyio.to_thread.run_sync(self.sample, limiter=_limiter())
 
     def history(self) -> list[SystemSnapshot]:
@@ -256,6 +279,17 @@ class SystemMonitor:
     def running(self) -> bool:
         """True while background sampling runs."""
         return self._thread is not None
+
+
+def _cpu_delta(
+    before: tuple[float, float, float, float], after: tuple[float, float, float, float]
+) -> tuple[float, float]:
+    """Host and process CPU percent between two marks (process: of one core, like top)."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    host = round(min(100.0, max(0.0, 100.0 * busy / total)), 1) if total > 0 else 0.0
+    wall = after[3] - before[3]
+    proc = round(max(0.0, 100.0 * (after[2] - before[2]) / wall), 1) if wall > 0 else 0.0
+    return host, proc
 
 
 # -- metrics registry -----------------------------------------------------------------------

@@ -424,6 +424,9 @@ class PerformanceOptimizer:
         monitor = self._raw("monitor")
         await monitor.sample_async()
         self.registry.register("system", monitor.latest_or_sample)
+        self._raw("cache")  # registered on build: its counters are always part of metrics
+        if self.settings.database.url:
+            self._raw("database")
         if "memory" in self._parts:
             self.registry.register("memory", self._parts["memory"].stats)
         return self.registry.collect()

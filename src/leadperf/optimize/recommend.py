@@ -92,18 +92,24 @@ async def table_usage(
     Raises:
         DatabaseError: the server failed the query.
     """
+    # Rows: the planner's estimate from the last ANALYZE (what the planner itself sees),
+    # else the statistics collector's live-row counter for never-analysed tables.
     tables = await db.fetch(
-        "SELECT relname AS table, coalesce(seq_scan, 0) AS seq_scan, "
-        "coalesce(seq_tup_read, 0) AS seq_tup_read, coalesce(idx_scan, 0) AS idx_scan, "
-        "coalesce(n_live_tup, 0) AS live_rows FROM pg_stat_user_tables WHERE schemaname = %s",
+        "SELECT s.relname AS table, coalesce(s.seq_scan, 0) AS seq_scan, "
+        "coalesce(s.seq_tup_read, 0) AS seq_tup_read, coalesce(s.idx_scan, 0) AS idx_scan, "
+        "CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint "
+        "ELSE coalesce(s.n_live_tup, 0) END AS live_rows "
+        "FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+        "WHERE s.schemaname = %s",
         (schema,),
     )
     indexes = await db.fetch(
         "SELECT s.relname AS table, s.indexrelname AS index, coalesce(s.idx_scan, 0) AS idx_scan, "
         "pg_relation_size(s.indexrelid) AS size_bytes, "
-        "coalesce(t.n_live_tup, 0) AS table_rows "
+        "CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint "
+        "ELSE coalesce(t.n_live_tup, 0) END AS table_rows "
         "FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid "
-        "JOIN pg_stat_user_tables t ON t.relid = s.relid "
+        "JOIN pg_stat_user_tables t ON t.relid = s.relid JOIN pg_class c ON c.oid = s.relid "
         "WHERE s.schemaname = %s AND NOT i.indisunique AND NOT i.indisprimary",
         (schema,),
     )
