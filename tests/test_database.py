@@ -892,3 +892,51 @@ def test_integer_array_elements_are_range_checked() -> None:
     rows[3]["ids"] = [True]
     with pytest.raises(ConfigError, match=r"row 3, column 'ids'.*bool"):
         make_plan(info, None, rows, ("email",), batch_size=10)
+
+
+MANY_TYPES_DDL = """
+CREATE TABLE {} (
+    k text PRIMARY KEY, n numeric, f4 real, f8 float8, b bool, u uuid, d date,
+    ts timestamp, tz timestamptz, by bytea, vc varchar(10), i8a int8[] {}
+)
+"""
+
+
+@pytest.mark.parametrize("with_char", [False, True], ids=["binary-copy", "text-copy"])
+async def test_every_common_type_round_trips(
+    db: DatabaseOptimizer, database_url: str, unique_name: str, with_char: bool
+) -> None:
+    import decimal
+    import uuid
+
+    extra = ", ch char(3)" if with_char else ""  # psycopg has no binary bpchar: text COPY
+    with admin(database_url) as conn:
+        conn.execute(sql.SQL(MANY_TYPES_DDL).format(sql.Identifier(unique_name), sql.SQL(extra)))
+    try:
+        first: dict[str, Any] = {
+            "k": "a",
+            "n": 5,
+            "f4": 1,
+            "f8": 2.5,
+            "b": True,
+            "u": uuid.UUID(int=1),
+            "d": dt.date(2020, 1, 2),
+            "ts": dt.datetime(2020, 1, 2, 3, 4, 5),
+            "tz": dt.datetime(2020, 1, 2, tzinfo=dt.UTC),
+            "by": b"\x00\x01",
+            "vc": "abc",
+            "i8a": [1, None, 2**40],
+        }
+        second = dict.fromkeys(first) | {"k": "b", "n": decimal.Decimal("1.25"), "i8a": []}
+        if with_char:
+            first["ch"], second["ch"] = "xy", None
+        result = await db.bulk_upsert(unique_name, [first, second], key="k")
+        assert result.inserted == 2
+        stored = await db.fetch(f'SELECT * FROM "{unique_name}" ORDER BY k')
+        expected_first = first | {"n": decimal.Decimal(5), "f4": 1.0}
+        if with_char:
+            expected_first["ch"] = "xy "
+        assert stored == [expected_first, second]
+    finally:
+        with admin(database_url) as conn:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(unique_name)))

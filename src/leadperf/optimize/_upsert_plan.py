@@ -55,7 +55,6 @@ _BINARY_KINDS: dict[int, frozenset[type]] = {
     1700: frozenset({decimal.Decimal, int}),
     25: frozenset({str}),
     1043: frozenset({str}),
-    1042: frozenset({str}),
     16: frozenset({bool}),
     1184: frozenset({datetime.datetime}),
     1114: frozenset({datetime.datetime}),
@@ -386,7 +385,10 @@ def _check_values(
         new = None if safe_text else _check_column(column, values, kinds)
         if new is not None:
             replaced[index] = new
-        binary = binary and (safe_text or _binary_safe(column, values, kinds))
+        if safe_text:
+            binary = binary and column.oid in _BINARY_KINDS  # psycopg has no binary bpchar
+        else:
+            binary = binary and _binary_safe(column, values, kinds)
     if replaced:
         for index, new in replaced.items():
             records = [(*r[:index], v, *r[index + 1 :]) for r, v in zip(records, new, strict=True)]
