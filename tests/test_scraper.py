@@ -20,6 +20,7 @@ import attrs
 import httpx
 import pytest
 
+from engines import ENGINES, NATIVE_READY
 from leadperf import Settings
 from leadperf.cache import MemoryCache
 from leadperf.errors import (
@@ -41,7 +42,6 @@ from leadperf.scraper import (
     ScrapeResult,
     ScraperStats,
 )
-from engines import ENGINES, NATIVE_READY
 from scrape_server import PAGE_SIZE, ScrapeServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
