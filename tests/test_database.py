@@ -940,3 +940,29 @@ async def test_every_common_type_round_trips(
     finally:
         with admin(database_url) as conn:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(unique_name)))
+
+
+async def test_composite_key_inserts_directly_then_merges(
+    db: DatabaseOptimizer, database_url: str, unique_name: str
+) -> None:
+    with admin(database_url) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (site text, n int, v text, PRIMARY KEY (site, n))").format(
+                sql.Identifier(unique_name)
+            )
+        )
+    try:
+        rows = [{"site": f"s{i % 3}", "n": i, "v": "one"} for i in range(300)]
+        first = await db.bulk_upsert(unique_name, rows, key=("site", "n"), batch_size=100)
+        assert (first.inserted, first.updated) == (300, 0)
+        again = [{"site": f"s{i % 3}", "n": i, "v": "two"} for i in range(150, 450)]
+        second = await db.bulk_upsert(unique_name, again, key=("n", "site"), batch_size=100)
+        assert (second.inserted, second.updated) == (150, 150)
+        assert query(
+            database_url,
+            f'SELECT count(*), count(*) FILTER (WHERE v = %s) FROM "{unique_name}"',
+            "two",
+        ) == [(450, 300)]
+    finally:
+        with admin(database_url) as conn:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(unique_name)))
