@@ -234,6 +234,9 @@ async def test_profiles_change_live_parts_and_report_per_part(settings: Settings
         assert threshold[1] < 10
         assert perf.cache.max_size == 2_000  # type: ignore[attr-defined]
         assert small["parts"]["cache"]["live"]["max_size"] == [50_000, 2_000]
+        # 3000 entries over the new bound of 2000: the live cache shrinks now, not later.
+        assert small["parts"]["cache"]["entries_dropped"] == 3000
+        assert perf.cache.stats().size == 0
         assert "compression_threshold" in small["parts"]["cache"]["on_reopen"]
         assert small["parts"]["tasks"]["on_reopen"]["workers"] == [8, 2]
         assert set(small["applied_live"]) >= {"cache", "scraper", "tasks"}

@@ -105,6 +105,7 @@ class RecommendationModel(BaseModel):
 class PartChanges(BaseModel):
     live: dict[str, list[Any]]
     on_reopen: dict[str, list[Any]]
+    entries_dropped: int = 0
 
 
 class OptimizeResponse(BaseModel):

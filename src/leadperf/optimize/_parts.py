@@ -102,8 +102,10 @@ async def ping_database(db: Any) -> dict[str, Any]:
 
 
 async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:
-    """Shrink what the memory guard can: parts' own ``trim()`` where they have one, else
-    an in-process cache tier over its (new, smaller) bound is emptied."""
+    """Shrink what the memory guard can: each part's own ``trim()`` where it has one,
+    else in-process cache tiers over their (new, smaller) bound."""
+    from .profiles import shrink_memory_tiers
+
     trimmed: dict[str, Any] = {}
     for name in ("cache", "chrome"):
         part = parts.get(name)
@@ -113,13 +115,8 @@ async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:
         if callable(trim):
             result = trim()
             trimmed[name] = await result if hasattr(result, "__await__") else result
-            continue
-        if name == "cache":
-            for tier in cache_tiers(part):
-                size = tier.stats().size
-                bound = getattr(tier, "max_size", None)
-                if tier.scheme == "memory" and size is not None and bound and size > bound:
-                    trimmed["cache"] = await tier.clear()
+        elif name == "cache":
+            trimmed["cache"] = await shrink_memory_tiers(part)
     return trimmed
 
 

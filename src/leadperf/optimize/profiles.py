@@ -121,19 +121,47 @@ def _set_live(target: Any, attr: str, value: Any) -> bool:
     return True
 
 
-def _cache_live(part: Any, changed: Change) -> set[str]:
+async def _cache_live(part: Any, changed: Change) -> tuple[set[str], int]:
     # A tiered cache: TTLs on both tiers, the entry bound on its in-process tier only
     # (a server-backed cache's max_size is its connection pool, fixed at open).
     tiers = [t for t in (getattr(part, "local", None), getattr(part, "remote", None)) if t]
     tiers = tiers or [part]
     live: set[str] = set()
+    dropped = 0
     for key in ("default_ttl", "max_size"):
         if key not in changed:
             continue
         targets = [t for t in tiers if key == "default_ttl" or getattr(t, "scheme", "") == "memory"]
         if targets and all(_set_live(t, key, changed[key][1]) for t in targets):
             live.add(key)
-    return live
+    if "max_size" in live:
+        dropped = await shrink_memory_tiers(part)
+    return live, dropped
+
+
+async def shrink_memory_tiers(cache: Any) -> int:
+    """Bring in-process cache tiers within their (new) ``max_size``; return entries dropped.
+
+    Uses the tier's own ``trim()`` when it has one; otherwise a tier over its bound is
+    emptied (an in-process tier refills from its remote or from the source, and an LRU
+    that evicts one entry per write would otherwise stay over the bound for good).
+    """
+    tiers = [t for t in (getattr(cache, "local", None), getattr(cache, "remote", None)) if t]
+    dropped = 0
+    for tier in tiers or [cache]:
+        bound = getattr(tier, "max_size", None)
+        if getattr(tier, "scheme", "") != "memory" or not bound:
+            continue
+        size = tier.stats().size or 0
+        if size <= bound:
+            continue
+        trim = getattr(tier, "trim", None)
+        if callable(trim):
+            result = trim()
+            dropped += int(await result if hasattr(result, "__await__") else result or 0)
+        else:
+            dropped += int(await tier.clear())
+    return dropped
 
 
 async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings) -> dict[str, Any]:
@@ -150,6 +178,7 @@ async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings)
     """
     report: dict[str, Any] = {}
     for name, part in parts.items():
+        dropped = 0
         section = _PART_SECTIONS.get(name)
         if section is None:
             continue
@@ -168,7 +197,7 @@ async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings)
             else:
                 live = set(_LIVE_FIELDS.get(name, ()))
         elif name == "cache":
-            live = _cache_live(part, changed)
+            live, dropped = await _cache_live(part, changed)
         else:
             live = {
                 f
@@ -179,4 +208,6 @@ async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings)
             "live": {k: v for k, v in changed.items() if k in live},
             "on_reopen": {k: v for k, v in changed.items() if k not in live},
         }
+        if dropped:
+            report[name]["entries_dropped"] = dropped
     return report
