@@ -731,6 +731,12 @@ async def test_statement_timeout_is_set_on_every_connection(
             await db.fetch("SELECT pg_sleep(5)")
         assert time.monotonic() - started < 2
         assert await db.fetch("SELECT 1 AS one") == [{"one": 1}]
+    # The DSN's own options are kept, and a statement_timeout there wins.
+    own = f"{database_url}{'&' if '?' in database_url else '?'}"
+    own += "options=-c%20statement_timeout%3D1234%20-c%20work_mem%3D5MB"
+    async with DatabaseOptimizer(own, pool_size=1, statement_timeout=0.3, settings=settings) as db:
+        assert await db.fetch("SHOW statement_timeout") == [{"statement_timeout": "1234ms"}]
+        assert await db.fetch("SHOW work_mem") == [{"work_mem": "5MB"}]
 
 
 def test_bad_statement_timeout_is_refused() -> None:
