@@ -668,7 +668,7 @@ async def test_deferred_constraint_fails_its_own_batch_only(
     with pytest.raises(BulkUpsertError) as info:
         await db.bulk_upsert(fk_tables, rows, batch_size=10, concurrency=1)
     assert info.value.batch == 2
-    assert "ForeignKeyViolation" in str(info.value)
+    assert "at COMMIT: ForeignKeyViolation" in str(info.value)
     assert "batches 0-1 (20 rows) were committed" in str(info.value)
     held = query(database_url, f'SELECT count(*) FROM "{fk_tables}"')[0][0]
     assert held == 20

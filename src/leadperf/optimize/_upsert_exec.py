@@ -168,7 +168,7 @@ class Executor:
                 await conn.commit()
             return counts
         except (self.psycopg.Error, DatabaseUnavailableError, *DUMP_ERRORS) as exc:
-            reason = describe(exc, self.secrets)
+            reason = _reason(exc, self.secrets, committing=committing)
             if committing and conn.closed and index in self.outcome.xids:
                 status = await self._status(self.outcome.xids[index])
                 if status == "committed":
@@ -193,7 +193,7 @@ class Executor:
                 async with bounded(conn, self.deadline, "bulk upsert commit"):
                     await conn.commit()
             except (self.psycopg.Error, DatabaseUnavailableError, *DUMP_ERRORS) as exc:
-                reason = describe(exc, self.secrets)
+                reason = _reason(exc, self.secrets, committing=committing)
                 start, end = self.plan.batches[current]
                 if committing and conn.closed and 0 in self.outcome.xids:
                     status = await self._status(self.outcome.xids[0])
@@ -330,6 +330,12 @@ class Executor:
                 async with cur.copy(statement) as copy:
                     for rec in batch:
                         await copy.write_row(_text_row(rec, wrap, wrapped) if wrap else rec)
+
+
+def _reason(exc: BaseException, secrets: tuple[str, ...], *, committing: bool) -> str:
+    text = describe(exc, secrets)
+    # Deferred constraints are checked at COMMIT: say so, or the batch looks innocent.
+    return f"at COMMIT: {text}" if committing else text
 
 
 def _ranges(indexes: list[int]) -> str:
