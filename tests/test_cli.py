@@ -331,3 +331,61 @@ def test_scrape_and_analyze(tmp_env: pytest.MonkeyPatch, capsys: Any) -> None:
     assert main(["analyze"]) == 0
     assert json.loads(capsys.readouterr().out)["profile"] == "balanced"
     assert os.environ.get("LEADPERF_PROFILE") is None
+
+
+def _on_a_terminal(args: list[str], answer: bytes, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with stdin and stdout on a pseudo-terminal; type ``answer``."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leadperf", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        close_fds=True,
+    )
+    os.close(slave)
+    seen = b""
+    sent = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and b"[y/N]" in seen:
+            os.write(master, answer)
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), seen.decode(errors="replace")
+
+
+def test_clear_cache_asks_on_a_terminal(env: pytest.MonkeyPatch, redis_url: str) -> None:
+    # Only the "no" answer: "yes" would empty a namespace other tests share.
+    environ = {**os.environ, "LEADPERF_CACHE_URL": redis_url}
+    code, out = _on_a_terminal(["clear-cache"], b"n\n", environ)
+    assert code == 1
+    assert "Remove every key in namespace 'leadperf'? [y/N]" in out
+    assert "Nothing removed." in out
+
+
+def test_monitor_draws_a_table_on_a_terminal(tmp_env: pytest.MonkeyPatch) -> None:
+    code, out = _on_a_terminal(
+        ["monitor", "--samples", "2", "--interval", "0.05"], b"", dict(os.environ)
+    )
+    assert code == 0
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert lines[0].split()[:3] == ["time", "cpu", "%"]
+    assert "(Ctrl-C to stop)" in lines[0]
+    assert len(lines) == 3
+    assert not lines[1].lstrip().startswith("{")
