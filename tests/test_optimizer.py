@@ -321,6 +321,10 @@ def test_sync_helpers_for_cache_database_and_scraper(
             await perf.cache.set(f"{unique_name}:b", 2)
             rows = await perf.database.fetch("SELECT 1 AS one")
             got = await perf.scraper.scrape_batch([f"{site}/cell"])
+            status = await perf.status()  # the facade's own coroutines too
+            analysis = await perf.run_performance_analysis()
+            assert status["ok"], status["backends"]
+            assert analysis["database"] is not None
             return await perf.cache.get(f"{unique_name}:b"), rows, got[0].ok
 
         assert asyncio.run(notebook_cell()) == (2, [{"one": 1}], True)

@@ -8,9 +8,11 @@ import functools
 import inspect
 import threading
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
+import attrs
 
 from .._portal import get_portal, run_sync
 from ..errors import LeadperfError
@@ -20,8 +22,11 @@ __all__ = [
     "cache_tiers",
     "close_part",
     "forward_if_foreign_loop",
+    "jsonable",
+    "on_foreign_loop",
     "ping_cache",
     "ping_database",
+    "portal_bound",
     "trim_parts",
 ]
 
@@ -155,17 +160,38 @@ def _portal_thread_id() -> int:
     return _portal_thread
 
 
+def on_foreign_loop() -> bool:
+    """True when the caller runs an event loop other than the shared portal's."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return threading.get_ident() != _portal_thread_id()
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def portal_bound(method: F) -> F:
+    """Decorate a facade coroutine method: when the facade runs on the portal (a sync
+    ``with``) and the caller awaits from another loop (a notebook cell), run the method on
+    the portal's loop, where the parts live."""
+
+    @functools.wraps(method)
+    async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_on_portal", False) and on_foreign_loop():
+            job = functools.partial(method, self, *args, **kwargs)
+            return await anyio.to_thread.run_sync(get_portal().call, job)
+        return await method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
 def forward_if_foreign_loop(part: Any) -> Any:
     """The part itself, unless the caller runs on another event loop than the portal's:
     then a forwarder whose coroutine methods run on the portal loop (a notebook cell
     awaiting a part of a sync ``with`` block)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return part  # plain sync code: nothing to await here
-    if threading.get_ident() == _portal_thread_id():
-        return part
-    return _Forwarder(part)
+    return _Forwarder(part) if on_foreign_loop() else part
 
 
 class _Forwarder:
@@ -189,3 +215,16 @@ class _Forwarder:
             return await anyio.to_thread.run_sync(portal.call, job)
 
         return call
+
+
+def jsonable(value: Any) -> Any:
+    """attrs snapshots -> dicts, recursively; leaves JSON-able values alone."""
+    if attrs.has(type(value)):
+        return {k: jsonable(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)

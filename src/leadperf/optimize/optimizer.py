@@ -30,8 +30,10 @@ from ._parts import (
     cache_tiers,
     close_part,
     forward_if_foreign_loop,
+    jsonable,
     ping_cache,
     ping_database,
+    portal_bound,
     trim_parts,
 )
 from .memory import MemoryGuard, MemoryReading, cgroup_memory, freeze_after_warmup
@@ -355,6 +357,7 @@ class PerformanceOptimizer:
 
     # -- checks, analysis and metrics -----------------------------------------------------
 
+    @portal_bound
     async def check_backends(self) -> dict[str, dict[str, Any]]:
         """Ping every configured backend for real (a cache lookup, ``SELECT 1``).
 
@@ -375,6 +378,7 @@ class PerformanceOptimizer:
             }
         return checks
 
+    @portal_bound
     async def status(self) -> dict[str, Any]:
         """What ``leadperf status`` and ``GET /status`` show: host and process figures,
         container memory when limited, each backend's check, the profile, and ``ok``
@@ -403,6 +407,7 @@ class PerformanceOptimizer:
             "backends": backends,
         }
 
+    @portal_bound
     async def clear_cache(self, pattern: str | None = None) -> int:
         """Remove the cache's keys matching glob ``pattern`` (all when None) inside its
         namespace; return how many went.
@@ -419,6 +424,7 @@ class PerformanceOptimizer:
             raise CacheUnavailableError("the cache's server did not answer; nothing was cleared")
         return removed
 
+    @portal_bound
     async def metrics(self) -> dict[str, dict[str, float]]:
         """Every registered source's numbers, with a fresh system sample."""
         monitor = self._raw("monitor")
@@ -431,11 +437,13 @@ class PerformanceOptimizer:
             self.registry.register("memory", self._parts["memory"].stats)
         return self.registry.collect()
 
+    @portal_bound
     async def metrics_prometheus(self) -> str:
         """:meth:`metrics` as Prometheus text exposition (via ``prometheus_client``)."""
         await self.metrics()
         return self.registry.to_prometheus()
 
+    @portal_bound
     async def recommendations(self, *, indexes: bool = True) -> list[Recommendation]:
         """Recommendations from every built part's stats; with ``indexes``, also table and
         index advice from PostgreSQL's statistics when a database is configured."""
@@ -465,6 +473,7 @@ class PerformanceOptimizer:
             indexes=index_rows,
         )
 
+    @portal_bound
     async def run_performance_analysis(self) -> dict[str, Any]:
         """Sample the system and every built part; return numbers and recommendations.
 
@@ -482,14 +491,14 @@ class PerformanceOptimizer:
             part = parts.get(name)
             if part is None or not callable(getattr(part, "stats", None)):
                 return None
-            stats: dict[str, Any] = _jsonable(part.stats())
+            stats: dict[str, Any] = jsonable(part.stats())
             return stats
 
         analysis: dict[str, Any] = {
             "timestamp": time.time(),
             "profile": self.settings.profile,
-            "system": _jsonable(self._raw("monitor").latest_or_sample()),
-            "cache_performance": _jsonable(self._raw("cache").stats()),
+            "system": jsonable(self._raw("monitor").latest_or_sample()),
+            "cache_performance": jsonable(self._raw("cache").stats()),
             "scraper_performance": part_stats("scraper"),
             "chrome_pool": part_stats("chrome"),
             "database": part_stats("database"),
@@ -503,6 +512,7 @@ class PerformanceOptimizer:
 
     # -- tuning ---------------------------------------------------------------------------
 
+    @portal_bound
     async def apply_optimizations(self, profile: str = "balanced") -> dict[str, Any]:
         """Switch to ``profile``: new settings, GC thresholds, and live limits on the parts
         already open. Parts not yet built pick the new settings up when built.
@@ -579,19 +589,6 @@ class PerformanceOptimizer:
     def profiles() -> list[str]:
         """Names of the available tuning profiles."""
         return list(PROFILES)
-
-
-def _jsonable(value: Any) -> Any:
-    """attrs snapshots -> dicts, recursively; leaves JSON-able values alone."""
-    if attrs.has(type(value)):
-        return {k: _jsonable(v) for k, v in attrs.asdict(value, recurse=False).items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, int | float | str | bool) or value is None:
-        return value
-    return str(value)
 
 
 _default: PerformanceOptimizer | None = None
