@@ -5,8 +5,8 @@ so it costs no round trip), and every call the optimizer makes runs under a clie
 deadline as well: through a frozen network the server's timeout cannot reach the client,
 so only the client can give up. A connection is checked (one empty query, bounded) before
 a caller gets it; a dead one is discarded and, since one dead backend usually means others
-died with it (a restart, ``pg_terminate_backend``), the idle ones are swept at once instead
-of failing the next callers one by one.
+died with it (a restart, ``pg_terminate_backend``), the idle ones are replaced at once
+instead of failing the next callers' checks one by one.
 
 psycopg and psycopg_pool are imported by the caller and passed in; this module imports
 neither at module level.
@@ -66,7 +66,7 @@ class PoolOptions:
     def borrow_deadline(self) -> float:
         """Client-side bound on getting a checked connection (seconds).
 
-        The pool's own wait, plus one failed check and one sweep of the idle connections.
+        The pool's own wait, plus a failed check or two.
         """
         return self.timeout + 2 * CHECK_TIMEOUT + CLIENT_GRACE
 
@@ -121,33 +121,35 @@ async def probe(psycopg: ModuleType, opts: PoolOptions) -> None:
 
 
 class _Checker:
-    """The pool's ``check=``: one bounded empty query; a failure sweeps the idle ones."""
+    """The pool's ``check=``: one bounded empty query; a failure drains the idle ones."""
 
     def __init__(self, pool_mod: ModuleType) -> None:
         self.pool_mod = pool_mod
         self.pool: AsyncConnectionPool[Any] | None = None
-        self.sweeping = False
 
     async def __call__(self, conn: AsyncConnection[Any]) -> None:
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
                 await self.pool_mod.AsyncConnectionPool.check_connection(conn)
-        except BaseException:
+        except Exception:
             # Closed before the pool sees it: a frozen socket is never written to again,
             # and the pool counts it lost and connects a replacement.
             await conn.close()
-            await self._sweep()
+            await self._drain()
+            raise
+        except BaseException:
+            await conn.close()  # cancelled mid-check: the connection's state is unknown
             raise
 
-    async def _sweep(self) -> None:
-        if self.pool is None or self.sweeping:
-            return
-        self.sweeping = True
-        try:
-            with anyio.move_on_after(CHECK_TIMEOUT):
-                await self.pool.check()
-        finally:
-            self.sweeping = False
+    async def _drain(self) -> None:
+        # One dead backend usually means more (a restart, pg_terminate_backend of a role):
+        # replace every idle connection now rather than let each fail a check in turn,
+        # which psycopg-pool answers with a growing pause (0, 1, 2, 4 s...). drain() only
+        # closes sockets and schedules reconnects, so it never waits on the network; it is
+        # shielded because a cancellation midway would lose connections it had taken out.
+        if self.pool is not None:
+            with anyio.CancelScope(shield=True):
+                await self.pool.drain()
 
 
 async def open_pool(
