@@ -462,9 +462,18 @@ def server() -> Iterator[HostileServer]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-async def test_engine_conformance(case: Case, engine: str, server: HostileServer) -> None:
+async def test_engine_conformance(
+    case: Case, engine: str, server: HostileServer, reliability: Any
+) -> None:
     seen = await run_case(case, engine, server)
     seen.server = server
+    reliability.record(
+        "scraper conformance",
+        f"{case.title} ({engine} engine)",
+        " or ".join(sorted(case.expect[engine])),
+        f"{seen.outcome} in {seen.elapsed:.2f} s; the server received "
+        f"{len(server.requests)} request(s), {sum(map(len, server.requests))} bytes",
+    )
     assert seen.outcome in case.expect[engine], (
         f"{engine} on {case.title}: {seen.outcome}, expected one of {case.expect[engine]}"
     )

@@ -370,3 +370,50 @@ async def test_the_aiohttp_resolver_refuses_private_addresses_at_connect_time(
     finally:
         await engine.aclose()
     assert server.total_hits == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_redirect_loop_is_one_typed_attempt(engine: str, reliability: Any) -> None:
+    from hostile_server import HostileServer, raw
+    from leadperf.errors import TooManyRedirectsError
+
+    loop = b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n"
+    with HostileServer() as hostile:
+        url = hostile.route("/loop", raw(loop, keep=True))
+        async with scraper(engine=engine, retry=RetryPolicy(attempts=3, backoff=0)) as s:
+            result = await s.fetch(url)
+        sent = len(hostile.requests)
+    assert isinstance(result.error, TooManyRedirectsError)
+    assert result.attempts == 1  # never retried
+    assert sent == 21  # the first request and 20 redirects, once
+    reliability.record(
+        "scraper",
+        f"a redirect loop, retry policy of 3 attempts ({engine})",
+        "a typed error, never retried",
+        f"TooManyRedirectsError after {sent} requests, attempts={result.attempts}",
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_max_redirects_counts_redirects_followed(engine: str) -> None:
+    from hostile_server import HostileServer, raw, response
+    from leadperf.errors import TooManyRedirectsError
+    from leadperf.scraper import Limits
+
+    def hop(n: int) -> bytes:
+        return f"HTTP/1.1 302 Found\r\nLocation: /r{n}\r\nContent-Length: 0\r\n\r\n".encode()
+
+    with HostileServer() as hostile:
+        for n in range(3):
+            hostile.route(f"/r{n}", raw(hop(n + 1), keep=True))
+        hostile.route("/r3", raw(response(b"arrived"), keep=True))
+        two = Limits(max_redirects=2)
+        three = Limits(max_redirects=3)
+        async with scraper(engine=engine, response_limits=three) as s:
+            arrived = await s.fetch(hostile.url("/r0"))
+        async with scraper(engine=engine, response_limits=two) as s:
+            refused = await s.fetch(hostile.url("/r0"))
+    assert arrived.content == b"arrived"  # three redirects followed with max_redirects=3
+    assert isinstance(refused.error, TooManyRedirectsError)

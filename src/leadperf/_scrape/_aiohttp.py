@@ -129,7 +129,7 @@ class AiohttpEngine:
                 request.method,
                 url,
                 allow_redirects=request.follow_redirects,
-                max_redirects=limits.max_redirects,
+                max_redirects=limits.max_redirects + 1,  # aiohttp counts the last answer too
                 **kwargs,
             ) as resp:
                 try:
