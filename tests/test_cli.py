@@ -389,3 +389,16 @@ def test_monitor_draws_a_table_on_a_terminal(tmp_env: pytest.MonkeyPatch) -> Non
     assert "(Ctrl-C to stop)" in lines[0]
     assert len(lines) == 3
     assert not lines[1].lstrip().startswith("{")
+
+
+def test_bad_config_files_exit_2_with_one_line(
+    tmp_env: pytest.MonkeyPatch, tmp_path: Any, capsys: Any
+) -> None:
+    assert main(["--config", str(tmp_path / "missing.yaml"), "status"]) == 2
+    assert capsys.readouterr().err.startswith("leadperf: error: cannot read settings file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("performance:\n  cache: {max_sise: 3}\n")
+    assert main(["status", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "performance.cache.max_sise" in err

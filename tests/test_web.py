@@ -242,3 +242,31 @@ def test_bad_router_arguments(token: Any) -> None:
         create_router(PerformanceOptimizer(Settings()), admin_token=token)
     with pytest.raises(ConfigError, match="prefix"):
         create_router(PerformanceOptimizer(Settings()), prefix="performance/")
+
+
+def test_hostile_input_gets_one_clear_status(settings: Settings, reliability: Any) -> None:
+    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    perf = PerformanceOptimizer(settings.evolve(cache={"url": dead}))
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    with (
+        serve(perf, admin_token=TOKEN) as base,
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
+        long = client.post("/performance/cache/clear", params={"pattern": "x" * 600}, headers=good)
+        odd = client.post("/performance/optimize/..%2F..%2Fetc", headers=good)
+        down = client.post("/performance/cache/clear", params={"pattern": "lead:*"}, headers=good)
+        lower = client.post(
+            "/performance/optimize/memory_focused", headers={"Authorization": f"bearer {TOKEN}"}
+        )
+    assert long.status_code == 400
+    assert "pattern" in long.json()["detail"]
+    assert odd.status_code in (400, 404)
+    assert down.status_code == 503
+    assert "did not answer" in down.json()["detail"]
+    assert lower.status_code == 200  # the scheme name is case-insensitive (RFC 7235)
+    reliability.record(
+        "web",
+        "600-char pattern, path-traversal profile, clear with the cache server down",
+        "400 / 400-or-404 / 503, one message each, nothing cleared",
+        f"{long.status_code} / {odd.status_code} / {down.status_code}",
+    )
