@@ -140,6 +140,8 @@ def test_clear_cache_reports_a_down_server(env: pytest.MonkeyPatch, capsys: Any)
     env.setenv("LEADPERF_CACHE_URL", _dead_redis())
     assert main(["clear-cache", "--pattern", "x*"]) == 1
     assert "did not answer" in capsys.readouterr().err
+    assert main(["benchmark", "--iterations", "5"]) == 1
+    assert "cannot benchmark, a backend is down: cache" in capsys.readouterr().err
 
 
 def test_benchmark_times_cache_and_database(
