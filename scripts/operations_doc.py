@@ -4,6 +4,7 @@ output it printed. Nothing in that file is written by hand.
 Run (with the servers up): python3 scripts/operations_doc.py
 Servers: REDIS_URL (default redis://127.0.0.1:6379/15) and DATABASE_URL (default
 postgresql://postgres@127.0.0.1:5432/test); tables and keys it creates are removed after.
+The two section functions are long on purpose: each is the document's outline, in order.
 """
 
 from __future__ import annotations

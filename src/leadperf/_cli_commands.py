@@ -118,31 +118,30 @@ async def benchmark(perf: PerformanceOptimizer, args: argparse.Namespace) -> int
                 "ops_per_s": round(n / totals[kind], 1) if totals[kind] else None,
             }
         )
+    backend = checks["cache"]["backend"]
     if args.json_output:
-        _out(json.dumps({"backend": checks["cache"]["backend"], "results": rows, "errors": errors}))
+        _out(json.dumps({"backend": backend, "results": rows, "errors": errors}))
     else:
-        _out(f"cache backend: {checks['cache']['backend']}, {n} iterations per operation")
-        header = ("operation", "n", "p50 ms", "p95 ms", "p99 ms", "ops/s")
-        table = [header] + [
-            (
-                r["operation"],
-                r["n"],
-                f"{r['p50_ms']:.4f}",
-                f"{r['p95_ms']:.4f}",
-                f"{r['p99_ms']:.4f}",
-                f"{r['ops_per_s']:,.0f}",
-            )
-            for r in rows
-        ]
-        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-        for row in table:
-            cells = [str(row[0]).ljust(widths[0])]
-            cells += [str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
-            _out("  ".join(cells))
+        _benchmark_table(backend, n, rows)
     if errors:
         sys.stderr.write(f"leadperf: the cache counted {errors} errors during the run\n")
         return 1
     return 0
+
+
+def _benchmark_table(backend: str, n: int, rows: list[dict[str, Any]]) -> None:
+    _out(f"cache backend: {backend}, {n} iterations per operation")
+    header = ("operation", "n", "p50 ms", "p95 ms", "p99 ms", "ops/s")
+    table = [header] + [
+        (r["operation"], r["n"], f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}",
+         f"{r['p99_ms']:.4f}", f"{r['ops_per_s']:,.0f}")
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [str(row[0]).ljust(widths[0])]
+        cells += [str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        _out("  ".join(cells))
 
 
 # -- monitor --------------------------------------------------------------------------------

@@ -228,6 +228,8 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # One declarative list of every command, its help, example and flags: long, but read
+    # top to bottom like the --help it produces; splitting it would scatter the commands.
     from . import _cli_commands as more
 
     parser = argparse.ArgumentParser(

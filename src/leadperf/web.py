@@ -214,6 +214,8 @@ def create_router(
     def optimizer() -> "PerformanceOptimizer":
         return perf if perf is not None else get_performance_optimizer()
 
+    # The routes are closures over ``optimizer`` and the admin guard, declared in one place
+    # as FastAPI apps usually are; each is a few lines that ask the facade.
     router = APIRouter(prefix=prefix, tags=["leadperf"])
     admin = _admin_guard(admin_token, admin_dependency)
     prom: dict[int | str, dict[str, Any]] = {
