@@ -316,7 +316,7 @@ async def proxied(
     dsn = with_port(database_url, proxy.port, f"lp_{unique_name}"[:60])
     async with DatabaseOptimizer(
         dsn,
-        pool_size=1,
+        pool_size=3,  # more than one idle connection to lose, and to get back
         max_overflow=0,
         pool_timeout=2,
         statement_timeout=1,
@@ -355,12 +355,24 @@ async def test_frozen_network_bounds_every_call(
     recovered = time.monotonic() - started
     result = await db.bulk_upsert(table, rows(100, "x"))
     assert result.inserted == 100
+    # The whole pool is usable again, not one connection: three callers at once.
+    answers: list[Any] = []
+
+    async def hold() -> None:
+        answers.extend(await db.fetch("SELECT 1 AS one FROM pg_sleep(0.2)"))
+
+    with anyio.fail_after(bound):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(hold)
+    assert answers == [{"one": 1}] * 3
     reliability.record(
         AREA,
         "network to PostgreSQL frozen (own TCP proxy stops moving bytes, sockets open)",
         f"every DatabaseOptimizer call gives up within {bound:.0f}s (pool_timeout=2, "
         "statement_timeout=1) with DatabaseUnavailableError; works again once it thaws",
-        "; ".join(observed) + f"; first success {recovered:.2f}s after the thaw",
+        "; ".join(observed) + f"; first success {recovered:.2f}s after the thaw, then 3 "
+        "concurrent callers all served",
     )
 
 
