@@ -259,9 +259,10 @@ async def test_memory_guard_applies_memory_focused_and_trims(
 ) -> None:
     # A limit far below this process's real RSS: the guard must act on its first check.
     s = settings.evolve(memory={"limit_mb": 1.0, "check_interval": 0.05})
-    async with PerformanceOptimizer(s) as perf:
-        for i in range(5000):
-            await perf.cache.set(f"lead:{i}", {"i": i})
+    perf = PerformanceOptimizer(s)
+    for i in range(5000):  # filled before the guard starts (it checks as the facade opens)
+        await perf.cache.set(f"lead:{i}", {"i": i})
+    async with perf:
         with anyio.fail_after(10):
             while perf.memory.stats().triggered == 0:
                 await anyio.sleep(0.02)
