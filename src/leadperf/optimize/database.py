@@ -378,6 +378,11 @@ class DatabaseOptimizer:
 
         ``columns`` defaults to every column. Missing keys are simply absent from the result;
         row order is the server's. Identifiers are quoted, so any table name is safe.
+
+        Raises:
+            ConfigError: an empty or over-long identifier.
+            DatabaseError: the server refused the query (an unknown table or column).
+            DatabaseUnavailableError: no connection, or no answer within the deadline.
         """
         from psycopg import sql
 
@@ -426,6 +431,11 @@ class DatabaseOptimizer:
         settings' ``default_ttl``. When the cache is disabled (``enable_query_cache=False``)
         or fails, the query runs uncached and the failure is counted in ``stats()``.
         Values must suit the cache's codec (rows of JSON-able values for the default one).
+
+        Raises:
+            ConfigError: a query that is not a str, a bad ``ttl``, unhashable parameters.
+            DatabaseError: the server refused the query.
+            DatabaseUnavailableError: no connection, or no answer within the deadline.
         """
         if not isinstance(query, str):
             raise ConfigError("fetch_cached takes the query as a str", key="query")
@@ -490,6 +500,9 @@ class DatabaseOptimizer:
                 index, or a batch failed: ``.batch`` is its index, and the message lists
                 exactly the batches that were committed and stay written.
             DatabaseUnavailableError: no connection could be had, or no answer in time.
+
+        Returns:
+            An :class:`UpsertResult` with the counts of the committed batches.
         """
         started = time.perf_counter()
         check_identifier(table, "table")
