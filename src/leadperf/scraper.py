@@ -99,6 +99,13 @@ def _limits_of(value: Mapping[str, PlatformLimits | int] | None) -> dict[str, Pl
     return out
 
 
+def _retry_of(value: RetryPolicy | None) -> RetryPolicy:
+    retry = RetryPolicy() if value is None else value
+    if not isinstance(retry, RetryPolicy):
+        raise ConfigError(f"retry: must be a RetryPolicy, got {retry!r}", key="retry")
+    return retry
+
+
 def _protocol(value: Any, name: str, methods: tuple[str, ...], what: str) -> Any:
     if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
         raise ConfigError(f"{name}: must be {what}, got {value!r}", key=name)
@@ -170,10 +177,7 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         self.max_connections = check_int(
             "max_connections", conf.max_connections if max_connections is None else max_connections
         )
-        retry = RetryPolicy() if retry is None else retry
-        if not isinstance(retry, RetryPolicy):
-            raise ConfigError(f"retry: must be a RetryPolicy, got {retry!r}", key="retry")
-        self.retry = retry
+        self.retry = _retry_of(retry)
         self._cache = _protocol(
             cache, "cache", ("get", "set"), "a leadperf cache (async get/set), e.g. MemoryCache()"
         )
@@ -210,7 +214,10 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         )
         self._dedup = _protocol(dedup, "dedup", ("add_many",), "a SharedDedup")
         self._refuse_engine_options()
+        self._init_state()
 
+    def _init_state(self) -> None:
+        """The lifecycle and run-time state of a scraper not opened yet."""
         self._engine: Engine | None = None
         self._loop = None
         self._owner: Owner | None = None

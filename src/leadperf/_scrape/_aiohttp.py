@@ -107,7 +107,10 @@ class AiohttpEngine:
         )
 
     async def request(self, request: Request) -> Response:
-        """Send ``request``; read the decoded body up to ``max_body_size``."""
+        """Send ``request``; read the decoded body up to ``max_body_size``.
+
+        One function on purpose: every helper coroutine would be paid by every request.
+        """
         aio = self._aiohttp
         url = request.url
         limits = self._limits

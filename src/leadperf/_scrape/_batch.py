@@ -252,6 +252,8 @@ class Batches:
         total: int | None,
         progress: Progress,
     ) -> AsyncIterator[ScrapeResult]:
+        # One function on purpose: the producer task, its callbacks and the consumer loop
+        # share the stream, the cancel scope and the progress display.
         assert self._tg is not None
         send, receive = anyio.create_memory_object_stream[ScrapeResult](workers)
         scope = anyio.CancelScope()
