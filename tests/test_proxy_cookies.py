@@ -392,3 +392,15 @@ async def test_international_host_names_are_sent_as_idna_2008(engine: str) -> No
             await s.fetch("http://straße.test/page")
     # (aiohttp resends once when the proxy hangs up without an answer: same target)
     assert {r["target"] for r in proxy.records} == {"http://xn--strae-oqa.test/page"}
+
+
+@pytest.mark.anyio
+async def test_a_proxy_from_settings_is_used_and_masked(server: ScrapeServer, key: str) -> None:
+    with HttpProxy(auth=("user", SECRET)) as proxy:
+        settings = Settings().evolve(scraper={"proxy_url": proxy.url()})
+        async with AsyncScraper(settings=settings) as s:
+            assert (await s.fetch(server.url(0, f"/page/{key}"))).ok
+    assert len(proxy.records) == 1
+    shown = f"{settings.as_dict()} {settings!r}"
+    assert SECRET not in shown
+    assert "user:***@" in shown

@@ -185,7 +185,7 @@ class ScraperSettings:
     max_head_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
     max_header_count: int = attrs.field(default=100, validator=_positive_int)
     max_redirects: int = attrs.field(default=20, validator=_positive_int)
-    proxy: str | None = attrs.field(
+    proxy_url: str | None = attrs.field(
         default=None,
         validator=attrs.validators.optional(attrs.validators.instance_of(str)),
         repr=lambda v: repr(mask_url(v)),
@@ -653,7 +653,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "LEADPERF_CACHE_MAX_VALUE_SIZE": ("cache", "max_value_size"),
     "LEADPERF_SCRAPER_ENGINE": ("scraper", "engine"),
     "LEADPERF_SCRAPER_MAX_BODY_SIZE": ("scraper", "max_body_size"),
-    "LEADPERF_SCRAPER_PROXY": ("scraper", "proxy"),
+    "LEADPERF_SCRAPER_PROXY": ("scraper", "proxy_url"),
     "LEADPERF_SCRAPER_COOKIES": ("scraper", "cookies"),
     "LEADPERF_SCRAPER_ALLOW_PRIVATE_NETWORKS": ("scraper", "allow_private_networks"),
     "LEADPERF_MEMORY_LIMIT_MB": ("memory", "limit_mb"),

@@ -242,7 +242,7 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         cookies: bool | None,
         allow_private: bool | None,
     ) -> None:
-        proxy = conf.proxy if proxy is None else proxy
+        proxy = conf.proxy_url if proxy is None else proxy
         self._proxy = None if proxy is None else check_proxy(proxy)
         if proxies is not None and self._proxy is not None:
             raise ConfigError("proxy and proxies: pass one or the other", key="proxies")
