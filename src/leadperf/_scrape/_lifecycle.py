@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
 
 import anyio
 
@@ -101,7 +101,7 @@ class Lifecycle:
                 "AsyncScraper() as s:' on this loop, or the *_sync methods"
             )
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         self._check_open()
         if self._tg is not None:
             raise LeadperfError("this AsyncScraper is already entered; enter it once")
@@ -152,7 +152,7 @@ class Lifecycle:
 
     aclose = close
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._check_open()
         if self._engine is not None:
             raise LeadperfError("this AsyncScraper is already open; enter it once")
