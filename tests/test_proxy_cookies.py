@@ -93,9 +93,12 @@ async def _splice(
 class HttpProxy(_Threaded):
     """Forwards absolute-form requests and tunnels CONNECT; 407 without the credentials."""
 
-    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, auth: tuple[str, str] | None = None, upstream: tuple[str, int] | None = None
+    ) -> None:
         super().__init__()
         self.auth = auth
+        self.upstream = upstream  # forward everything here, whatever the host asked for
 
     def url(self, with_auth: bool = True, password: str | None = None) -> str:
         if self.auth and with_auth:
@@ -137,7 +140,8 @@ class HttpProxy(_Threaded):
             return False
         body = await reader.readexactly(int(headers.get("content-length", 0)))
         parts = urlsplit(target)
-        up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+        host, port = self.upstream or (parts.hostname, parts.port or 80)
+        up_reader, up_writer = await asyncio.open_connection(host, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         kept = [
             line
@@ -404,3 +408,25 @@ async def test_a_proxy_from_settings_is_used_and_masked(server: ScrapeServer, ke
     shown = f"{settings.as_dict()} {settings!r}"
     assert SECRET not in shown
     assert "user:***@" in shown
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("engine", PROXY_ENGINES)
+async def test_a_redirect_to_a_private_address_is_refused(
+    server: ScrapeServer, key: str, engine: str
+) -> None:
+    # A public address (an IP literal: no lookup) reached through a proxy that hands every
+    # request to the local server, which redirects to loopback: the hop is refused.
+    private = server.url(0, f"/page/{key}")
+    with HttpProxy(upstream=("127.0.0.1", server.ports[0])) as proxy:
+        async with scraper(engine=engine, proxy=proxy.url(), allow_private_networks=False) as s:
+            result = await s.fetch(f"http://8.8.8.8/redirect?to={private}")
+            public = await s.fetch(f"http://8.8.8.8/page/{key}-public")
+    assert public.ok  # the first hop was allowed
+    assert type(result.error).__name__ == "UnsafeRequestError"
+    assert "allow_private_networks" in str(result.error)
+    assert [r["target"] for r in proxy.records] == [
+        f"http://8.8.8.8/redirect?to={private}",
+        f"http://8.8.8.8/page/{key}-public",
+    ]
+    assert server.hits(f"/page/{key}") == 0
