@@ -36,6 +36,9 @@ __all__ = ["Lease", "LimiterStats", "RedisLimiter"]
 
 _log = logging.getLogger("leadperf.scale")
 
+#: Seconds a release waits for the next acquire of its platform to ride along with.
+RELEASE_DELAY = 0.002
+
 _ACQUIRE = register(_lua.ACQUIRE)
 _RENEW = register(_lua.RENEW)
 _REPORT = register(_lua.REPORT)
@@ -155,6 +158,9 @@ class RedisLimiter:
         self._seq = 0
         self._held: dict[str, set[str]] = {}
         self._gates: dict[str, asyncio.Lock] = {}
+        self._released: dict[str, list[str]] = {}
+        self._key_cache: dict[str, tuple[str, str]] = {}
+        self._release_timer: asyncio.TimerHandle | None = None
         self._limits: dict[str, int] = {}
         self._slowed: set[str] = set()
         self._down = False
@@ -208,8 +214,13 @@ class RedisLimiter:
         return not self._down
 
     def _keys(self, platform: str) -> tuple[str, str]:
-        base = f"{self.prefix}:{{{_tag(platform)}}}"
-        return base + ":slots", base + ":state"
+        keys = self._key_cache.get(platform)
+        if keys is None:
+            if len(self._key_cache) >= 10_000:
+                self._key_cache.clear()  # bounded: platforms come and go in long runs
+            base = f"{self.prefix}:{{{_tag(platform)}}}"
+            keys = self._key_cache[platform] = (base + ":slots", base + ":state")
+        return keys
 
     # -- the SharedLimiter protocol ---------------------------------------------------------
 
@@ -254,16 +265,16 @@ class RedisLimiter:
     async def _acquire_shared(self, platform: str, limit: int, delay: float) -> Lease:
         self._seq += 1
         token = f"{self._worker}:{self._seq}"
-        command = AutoPipeline.evalsha(
-            _ACQUIRE, self._keys(platform), (token, limit, repr(delay), repr(self.lease))
-        )
-        gate = self._gates.get(platform)
-        if gate is None:
-            gate = self._gates[platform] = asyncio.Lock()
-        # Only the first waiter of this process asks Redis again and again; the others
-        # queue behind it here (FIFO), so a crowd of waiters costs one poller per worker.
-        async with gate:
-            seconds = await self._poll(platform, command, token)
+        granted, seconds = await self._ask(platform, token, limit, delay)
+        if not granted:
+            gate = self._gates.get(platform)
+            if gate is None:
+                gate = self._gates[platform] = asyncio.Lock()
+            # Every slot is taken: only the first waiter of this process asks Redis again
+            # and again; the others queue behind it here (FIFO), so a crowd of waiters
+            # costs one poller per worker and platform.
+            async with gate:
+                seconds = await self._poll(platform, token, limit, delay)
         self._held.setdefault(platform, set()).add(token)
         self._ensure_renewer()
         wait = float(seconds)
@@ -276,21 +287,34 @@ class RedisLimiter:
         self._counts["shared"] += 1
         return Lease(platform, token, shared=True)
 
-    async def _poll(self, platform: str, command: tuple[Any, ...], token: str) -> str:
+    async def _ask(self, platform: str, token: str, limit: int, delay: float) -> tuple[bool, str]:
+        """One ACQUIRE: (granted, seconds to wait before sending or until a lease expires)."""
+        keys = self._keys(platform)
+        # Releases since the last ask ride along instead of costing a command of their own.
+        released = self._released.pop(platform, ())
+        command = AutoPipeline.evalsha(
+            _ACQUIRE, keys, (token, limit, repr(delay), repr(self.lease), *released)
+        )
+        try:
+            granted, seconds, slowed = await self._pipe.call(command)
+        except BaseException:
+            # The script may have run before the failure reached us, or never carried the
+            # releases: drop the token and send the releases on their own.
+            self._pipe.submit(("ZREM", keys[0], token, *released), wait=False)
+            raise
+        if slowed:
+            self._slowed.add(platform)
+        else:
+            self._slowed.discard(platform)
+        text = seconds.decode("ascii") if isinstance(seconds, bytes) else str(seconds)
+        return bool(granted), text
+
+    async def _poll(self, platform: str, token: str, limit: int, delay: float) -> str:
         pause = 0.001
         while True:
-            try:
-                granted, seconds, slowed = await self._pipe.call(command)
-            except BaseException:
-                # The script may have run before the failure reached us: drop the token.
-                self._pipe.submit(("ZREM", self._keys(platform)[0], token), wait=False)
-                raise
-            if slowed:
-                self._slowed.add(platform)
-            else:
-                self._slowed.discard(platform)
+            granted, seconds = await self._ask(platform, token, limit, delay)
             if granted:
-                return str(seconds, "ascii") if isinstance(seconds, bytes) else str(seconds)
+                return seconds
             self._counts["polls"] += 1
             hint = float(seconds)
             await asyncio.sleep(min(pause, max(hint, 0.001)) * random.uniform(0.5, 1.0))
@@ -318,8 +342,20 @@ class RedisLimiter:
         held.discard(token)
         if not held:
             del self._held[platform]
-        if not self._closed:
-            self._pipe.submit(("ZREM", self._keys(platform)[0], token), wait=False)
+        if self._closed:
+            return
+        # The release rides on this worker's next acquire of the platform when one comes
+        # within RELEASE_DELAY (the common case in a busy worker), else goes out alone.
+        self._released.setdefault(platform, []).append(token)
+        if self._release_timer is None:
+            loop = asyncio.get_running_loop()
+            self._release_timer = loop.call_later(RELEASE_DELAY, self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        self._release_timer = None
+        released, self._released = self._released, {}
+        for platform, tokens in released.items():
+            self._pipe.submit(("ZREM", self._keys(platform)[0], *tokens), wait=False)
 
     async def report(self, platform: str, status: int | None, retry_after: float | None) -> None:
         """Record an attempt's outcome so a 429, 503 or ``Retry-After`` slows every worker.
@@ -421,6 +457,9 @@ class RedisLimiter:
         if renewer is not None:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        self._flush_releases()
         for platform, tokens in self._held.items():
             if tokens:
                 self._pipe.submit(("ZREM", self._keys(platform)[0], *tokens), wait=False)

@@ -25,7 +25,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function f(x) return string.format('%.6f', x) end
 """
 
-#: KEYS: slots, state. ARGV: token, limit, delay (s), lease (s).
+#: KEYS: slots, state. ARGV: token, limit, delay (s), lease (s), then tokens this worker
+#: released since its last call (their release rides along instead of a round trip).
 #: Returns {1, wait_seconds, slowed} for a granted slot (sleep ``wait`` before sending) or
 #: {0, seconds until the first lease expires, slowed} when every slot is taken.
 ACQUIRE = (
@@ -34,6 +35,7 @@ ACQUIRE = (
 local limit = tonumber(ARGV[2])
 local delay = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
+for i = 5, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local st = redis.call('HMGET', KEYS[2], 'cap', 'adaptive', 'blocked', 'next', 'limit', 'timeouts')
 local cap = tonumber(st[1]) or limit

@@ -45,6 +45,7 @@ class AutoPipeline:
         self._queue: list[tuple[Command, asyncio.Future[Any] | None]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy = 0  # commands sent directly and not answered yet
         self.round_trips = 0
         self.commands = 0
         self.dropped_errors = 0
@@ -60,7 +61,20 @@ class AutoPipeline:
         return future
 
     async def call(self, command: Command) -> Any:
-        """Send ``command`` with this tick's others and return its reply (or raise its error)."""
+        """Send ``command`` with this tick's others and return its reply (or raise its error).
+
+        When nothing else is queued the command goes out at once from the caller's task
+        (no hop through the loop); commands issued meanwhile queue and share a pipeline.
+        """
+        if not self._busy and not self._queue and not self._scheduled:
+            self._busy += 1
+            try:
+                reply = (await self._execute([command]))[0]
+            finally:
+                self._busy -= 1
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         future = self.submit(command, wait=True)
         assert future is not None
         return await future
