@@ -430,3 +430,109 @@ async def test_a_redirect_to_a_private_address_is_refused(
         f"http://8.8.8.8/page/{key}-public",
     ]
     assert server.hits(f"/page/{key}") == 0
+
+
+_TLS_SCRIPT = r"""
+import asyncio, json, ssl, sys
+sys.path.insert(0, sys.argv[1])
+from test_proxy_cookies import HttpProxy
+from leadperf import Settings
+from leadperf.scraper import AsyncScraper
+
+cert, key, engine = sys.argv[2], sys.argv[3], sys.argv[4]
+
+async def handle(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret")
+    await writer.drain()
+    writer.close()
+
+async def main():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    with HttpProxy() as proxy:
+        async with AsyncScraper(settings=Settings(), engine=engine, proxy=proxy.url()) as s:
+            result = await s.fetch(f"https://localhost:{port}/x")
+    print(json.dumps({"status": result.status_code, "body": result.text,
+                      "error": repr(result.error), "records": proxy.records, "port": port}))
+
+asyncio.run(main())
+"""
+
+
+def _certificate(directory: Any) -> tuple[str, str, str]:
+    """A CA and a certificate for ``localhost`` it signed: (ca file, cert file, key file)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leadperf test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(paths[0]), str(paths[1]), str(paths[2])
+
+
+@pytest.mark.parametrize("engine", PROXY_ENGINES)
+def test_https_goes_through_the_proxy_as_a_connect_tunnel(tmp_path: Any, engine: str) -> None:
+    pytest.importorskip("cryptography")
+    import os
+    import subprocess
+    import sys
+
+    ca, cert, key = _certificate(tmp_path)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "SSL_CERT_FILE": ca, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        env.pop(name, None)
+        env.pop(name.lower(), None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TLS_SCRIPT, tests_dir, cert, key, engine],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (seen["status"], seen["body"]) == (200, "secret"), seen
+    assert [(r["method"], r["target"]) for r in seen["records"]] == [
+        ("CONNECT", f"localhost:{seen['port']}")
+    ]
