@@ -417,3 +417,22 @@ async def test_max_redirects_counts_redirects_followed(engine: str) -> None:
             refused = await s.fetch(hostile.url("/r0"))
     assert arrived.content == b"arrived"  # three redirects followed with max_redirects=3
     assert isinstance(refused.error, TooManyRedirectsError)
+
+
+@pytest.mark.anyio
+async def test_requests_with_different_headers_never_share_an_answer(
+    server: ScrapeServer, key: str
+) -> None:
+    import json
+
+    url = server.url(0, "/echo?delay=0.2")
+    async with scraper(max_concurrent=4) as s:
+        alice, bob, alice_again = await asyncio.gather(
+            s.fetch(url, headers={"Authorization": "Bearer alice"}),
+            s.fetch(url, headers={"Authorization": "Bearer bob"}),
+            s.fetch(url, headers={"authorization": "Bearer alice"}),
+        )
+    assert json.loads(alice.content)["headers"]["authorization"] == "Bearer alice"
+    assert json.loads(bob.content)["headers"]["authorization"] == "Bearer bob"
+    assert alice_again.content == alice.content  # same headers: one request
+    assert server.hits("/echo?delay=0.2") == 2

@@ -70,13 +70,25 @@ class _Pending:
         self.result: ScrapeResult | None = None
 
 
-def cache_key(method: str, url: str, params: Mapping[str, Any] | None) -> str:
-    """The cache key of a GET (long URLs hashed)."""
+def cache_key(
+    method: str,
+    url: str,
+    params: Mapping[str, Any] | None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """The cache and in-flight key of a GET (long URLs hashed).
+
+    Per-request headers are part of it (hashed): two requests for one URL with different
+    credentials or languages never share an answer.
+    """
     if params:
         url = f"{url}{'&' if '?' in url else '?'}{urlencode(sorted(params.items()), doseq=True)}"
     key = f"scrape:{method} {url}"
     if len(key) > _MAX_KEY_LENGTH:
         key = f"scrape:{method} sha256:{hashlib.sha256(url.encode()).hexdigest()}"
+    if headers:
+        folded = repr(sorted((k.lower(), v) for k, v in headers)).encode()
+        key += f" headers:{hashlib.sha256(folded).hexdigest()[:32]}"
     return key
 
 
@@ -172,7 +184,7 @@ class Pipeline:
         cache = self._cache
         key = None
         if cache is not None and _shareable(request):
-            key = cache_key(request.method, request.url, request.params)
+            key = cache_key(request.method, request.url, request.params, request.headers)
             hit = await self._cache_get(key, request.url)
             if hit is not None:
                 return hit
@@ -330,8 +342,8 @@ class Pipeline:
         elif not _shareable(request):
             return self._finish(await self._attempts(url, platform, None, delay, request))
         cache = self._cache
-        if cache is not None or request.params:
-            key = cache_key(request.method, url, request.params)
+        if cache is not None or request.params or request.headers:
+            key = cache_key(request.method, url, request.params, request.headers)
         else:
             key = url
         inflight = self._inflight
