@@ -13,7 +13,9 @@ Three tables, in one run:
 
     python3 benchmarks/bench_scale.py [--redis redis://127.0.0.1:6379/15] [--requests 4000]
 
-Uses keys under a fresh ``bench_scale_<random>`` prefix and deletes them at the end.
+Without ``--redis`` it starts a redis-server of its own on a free loopback port, so the
+Redis CPU figure (INFO cpu, main thread) counts this benchmark only. With ``--redis`` it
+uses keys under a fresh ``bench_scale_<random>`` prefix and deletes them at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ROOT / "tests" / "scrape_server.py"
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -76,9 +78,17 @@ async def overhead(redis_url: str, prefix: str, n: int) -> dict[str, Any]:
             await limiter.release(platform, held)
             await limiter.report(platform, 200, None)
 
+    info = aioredis.Redis.from_url(redis_url)
+    cpu0 = await info.info("cpu")
     t0 = time.perf_counter()
     await asyncio.gather(*(task(i) for i in range(200)))
     loaded_s = time.perf_counter() - t0
+    cpu1 = await info.info("cpu")
+    await info.aclose()
+    redis_cpu = sum(
+        float(cpu1[k]) - float(cpu0[k])
+        for k in ("used_cpu_sys_main_thread", "used_cpu_user_main_thread")
+    )
     await limiter.close()
     after = limiter.stats()
     loaded_requests = after.acquires - before.acquires
@@ -92,7 +102,32 @@ async def overhead(redis_url: str, prefix: str, n: int) -> dict[str, Any]:
         "loaded_rt_per_request": (after.round_trips - before.round_trips) / loaded_requests,
         "loaded_cmds_per_request": (after.commands - before.commands) / loaded_requests,
         "loaded_decisions_per_s": loaded_requests / loaded_s,
+        "redis_cpu_us_per_request": redis_cpu / loaded_requests * 1e6,
     }
+
+
+async def dedup_cost(redis_url: str, prefix: str, n: int) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    from leadperf.scale import DedupSet
+
+    store = DedupSet.from_url(redis_url, name=prefix)
+    urls = [f"https://shop{i % 50}.example/item/{i}?ref=bench" for i in range(n)]
+    info = aioredis.Redis.from_url(redis_url)
+    cpu0 = await info.info("cpu")
+    t0 = time.perf_counter()
+    for i in range(0, n, 500):
+        await store.add_many(urls[i : i + 500])
+    took = time.perf_counter() - t0
+    cpu1 = await info.info("cpu")
+    await info.aclose()
+    await store.clear()  # type: ignore[attr-defined]
+    await store.close()
+    cpu = sum(
+        float(cpu1[k]) - float(cpu0[k])
+        for k in ("used_cpu_sys_main_thread", "used_cpu_user_main_thread")
+    )
+    return {"urls_per_s": n / took, "redis_cpu_us_per_url": cpu / n * 1e6}
 
 
 async def limits_hit(redis_url: str, prefix: str, n: int) -> dict[str, Any] | None:
@@ -212,7 +247,9 @@ def throughput(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--redis", default=None, help="a Redis URL (default: a redis-server of its own)"
+    )
     parser.add_argument("--requests", type=int, default=4000, help="per throughput run")
     parser.add_argument("--overhead", type=int, default=3000, help="sequential acquires timed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -227,8 +264,23 @@ def main() -> None:
         asyncio.run(child(args))
         return
 
+    own = None
+    if args.redis is None:  # a server of our own: its CPU counters see only this benchmark
+        from scale_worker import OwnRedis
+
+        own = OwnRedis().start()
+        args.redis = own.url
+    try:
+        run(args)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def run(args: argparse.Namespace) -> None:
     o = asyncio.run(overhead(args.redis, args.prefix, args.overhead))
     lim = asyncio.run(limits_hit(args.redis, args.prefix, args.overhead))
+    d = asyncio.run(dedup_cost(args.redis, args.prefix.replace("bench_scale_", "b"), 20_000))
     print("\n### RedisLimiter overhead (loopback Redis)\n")
     print("| measure | value |\n| --- | ---: |")
     print(f"| Redis PING p50 (one round trip) | {o['ping_p50_ms']:.3f} ms |")
@@ -242,10 +294,18 @@ def main() -> None:
     )
     print(f"| Redis commands per request, same load | {o['loaded_cmds_per_request']:.2f} |")
     print(f"| limiter decisions/s, same load, one process | {o['loaded_decisions_per_s']:,.0f} |")
+    print(
+        f"| Redis main-thread CPU per request, same load | {o['redis_cpu_us_per_request']:.1f} us |"
+    )
     if lim is not None:
         print(
             f"| `limits` moving-window hit p50 / p99 | {lim['hit_p50_ms']:.3f} / {lim['hit_p99_ms']:.3f} ms |"
         )
+
+    print(
+        f"| DedupSet.add_many, chunks of 500: URLs/s / Redis CPU per URL | "
+        f"{d['urls_per_s']:,.0f} / {d['redis_cpu_us_per_url']:.1f} us |"
+    )
 
     server, port = start_server()
     rows = []
