@@ -769,3 +769,25 @@ def test_user_disable_features_are_merged_with_the_pools() -> None:
     disabled = [a for a in opts.arguments if a.startswith("--disable-features=")]
     assert len(disabled) == 1
     assert disabled[0].split("=", 1)[1].split(",") == [*DISABLED_FEATURES, "Translate"]
+
+
+def test_a_temp_dir_too_long_for_chromes_socket(
+    paths: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Chrome's singleton socket lives in the instance's TMPDIR and must fit 107 bytes."""
+    import tempfile
+
+    long_dir = tmp_path / ("x" * 60) / ("y" * 60)
+    long_dir.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(long_dir))
+    with ChromePool(pool_size=1, **paths) as pool, pool.session("long") as driver:
+        driver.get("data:text/html,<title>long</title>")
+        assert driver.title == "long"
+        profile = next(
+            a.split("=", 1)[1]
+            for a in psutil.Process(browser_pid(pool, driver)).cmdline()
+            if a.startswith("--user-data-dir=")
+        )
+        assert not profile.startswith(str(long_dir)), "moved to a short temp dir"
+    assert not os.path.exists(profile)
+    assert list(long_dir.iterdir()) == []

@@ -32,6 +32,8 @@ import psutil
 from leadperf._chrome.hostdeath import watchdog
 from leadperf.pool import ChromePool
 
+if os.environ.get("HOST_IGNORES_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if os.environ.get("HOST_HANDLER"):
     # The host's own shutdown logic, installed before the pool: it must still run.
     def on_hup(signum, frame):
@@ -42,6 +44,20 @@ if os.environ.get("HOST_HANDLER"):
 pool = ChromePool(pool_size=1, chrome_binary=sys.argv[1], driver_path=sys.argv[2])
 driver = pool.acquire("held")
 driver.get("data:text/html,<title>held</title>")
+child = None
+fork_for = os.environ.get("FORK_CHILD")
+if fork_for is not None:
+    # A forked child (a worker of the host's) must neither keep the watchdog waiting nor
+    # close the parent's pools when it exits.
+    child = os.fork()
+    if child == 0:
+        time.sleep(float(fork_for))
+        sys.exit(0)
+    if float(fork_for) == 0:
+        os.waitpid(child, 0)
+        child = None
+        driver.get("data:text/html,<title>after fork</title>")
+        assert driver.title == "after fork", driver.title
 inst = pool.stats().instances[0]
 browser = psutil.Process(inst.browser_pid)
 profile = next(a.split("=", 1)[1] for a in browser.cmdline() if a.startswith("--user-data-dir="))
@@ -60,6 +76,7 @@ print(json.dumps({
     "profile": profile,
     "temp": sorted(os.listdir(os.path.join(profile, "t"))),
     "watchdog": watchdog().pid,
+    "child": child,
 }), flush=True)
 while True:
     time.sleep(0.05)
@@ -155,7 +172,7 @@ def _end_host(
 def test_sigterm_closes_pools_then_dies_of_sigterm(
     chrome_paths: tuple[str, str], tmp_path: Path, reliability: Any
 ) -> None:
-    host, info = _start_host(chrome_paths, tmp_path)
+    host, info = _start_host(chrome_paths, tmp_path, FORK_CHILD="0")
     code, elapsed, at_exit, profile_at_exit = _end_host(host, info, signal.SIGTERM, tmp_path)
     assert code == -signal.SIGTERM, "the default action ran after the pools closed"
     assert at_exit == [], "closed before the host exited"
@@ -187,6 +204,20 @@ def test_sighup_runs_the_hosts_own_handler_after_closing(
     )
 
 
+def test_a_sigterm_the_host_ignores_stays_ignored(
+    chrome_paths: tuple[str, str], tmp_path: Path
+) -> None:
+    host, info = _start_host(chrome_paths, tmp_path, HOST_IGNORES_TERM="1")
+    host.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        host.wait(timeout=1.5)
+    pids, profile_left = _leftovers(info)
+    assert sorted(pids) == sorted(p for p in info["pids"] if _running(p))
+    assert len(pids) == len(info["pids"]), "the pool was left alone"
+    assert profile_left
+    _end_host(host, info, signal.SIGKILL, tmp_path)
+
+
 def test_sigint_closes_pools_on_the_way_out(
     chrome_paths: tuple[str, str], tmp_path: Path, reliability: Any
 ) -> None:
@@ -207,12 +238,16 @@ def test_sigint_closes_pools_on_the_way_out(
 def test_sigkill_of_the_host_leaves_nothing(
     chrome_paths: tuple[str, str], tmp_path: Path, reliability: Any
 ) -> None:
-    host, info = _start_host(chrome_paths, tmp_path)
-    code, elapsed, at_exit, _ = _end_host(host, info, signal.SIGKILL, tmp_path)
+    host, info = _start_host(chrome_paths, tmp_path, FORK_CHILD="60")
+    assert info["child"] is not None
+    try:
+        code, elapsed, at_exit, _ = _end_host(host, info, signal.SIGKILL, tmp_path)
+    finally:
+        os.kill(info["child"], signal.SIGKILL)
     assert code == -signal.SIGKILL
     reliability.record(
         "chrome",
-        "SIGKILL of the host (no handler can run)",
+        "SIGKILL of the host (no handler can run), a forked child of it still alive",
         "chromedriver dies with its parent; the watchdog kills Chrome and crashpad, "
         "removes the profile",
         f"{len(info['pids'])} processes ({len(info['crashpad'])} crashpad) before, "

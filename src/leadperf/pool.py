@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -624,6 +625,16 @@ def get_chrome_pool() -> ChromePool:
 _default_lock = threading.Lock()
 _default_pool: ChromePool | None = None
 _LIVE_POOLS: weakref.WeakSet[ChromePool] = weakref.WeakSet()
+
+
+def _forget_pools_after_fork() -> None:
+    # A forked child inherits the pool objects but not the browsers' ownership: its exit
+    # (atexit) or signals must not kill the parent's browsers.
+    _LIVE_POOLS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 @atexit.register

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,6 +73,8 @@ class DevTools:
 
 def devtools_url(http_address: str, timeout: float) -> str:
     """The browser's DevTools WebSocket URL, asked from its HTTP endpoint at ``host:port``."""
+    import urllib.request  # only when an instance starts: keeps importing the pool light
+
     with urllib.request.urlopen(f"http://{http_address}/json/version", timeout=timeout) as resp:
         url: str = json.load(resp)["webSocketDebuggerUrl"]
     return url

@@ -112,6 +112,7 @@ class _Watchdog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None  # the pipe's write end, for the after-fork handler
         self._failed = False
 
     def register_dir(self, path: str) -> None:
@@ -133,6 +134,8 @@ class _Watchdog:
         with self._lock:
             if self._process is None and start and not self._failed:
                 self._process = self._start()
+                if self._process is not None and self._process.stdin is not None:
+                    self._fd = self._process.stdin.fileno()
             proc = self._process
             if proc is None or proc.stdin is None:
                 return
@@ -140,7 +143,7 @@ class _Watchdog:
                 proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
                 proc.stdin.flush()
             except OSError:  # the watchdog died: the other layers still hold
-                self._process, self._failed = None, True
+                self._process, self._fd, self._failed = None, None, True
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
@@ -159,15 +162,25 @@ class _Watchdog:
 
     def _after_fork_in_child(self) -> None:
         # A forked child must not hold the pipe open (the watchdog would outlive the host
-        # waiting for it) and owns none of the parent's browsers.
-        proc = self._process
+        # waiting for it) and owns none of the parent's browsers. Only system calls here:
+        # another thread of the parent may have held the pipe's Python-level lock at the
+        # fork, so touching the file object could block forever. The pipe's descriptor is
+        # replaced by /dev/null, so whatever later closes that number closes /dev/null.
+        fd, self._fd = self._fd, None
         self._lock = threading.Lock()
+        if self._process is not None:
+            _forked_away.append(self._process)  # never finalized here: it is the parent's
         self._process = None
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
+        if fd is not None:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:
+                pass
 
 
+_forked_away: list[subprocess.Popen[bytes]] = []
 _watchdog = _Watchdog()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_watchdog._after_fork_in_child)
