@@ -6,9 +6,9 @@ optional dependency (redis, psycopg, selenium, PIL, fastapi) until a part is use
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._core.lazy import lazy_exports
 from .config import Settings
 from .errors import (
     BrowserCrashedError,
@@ -31,12 +31,15 @@ from .errors import (
     PoolError,
     PoolExhaustedError,
     ResponseTooLargeError,
+    RowValueError,
     ScrapeConnectionError,
     ScrapeError,
     ScrapeTimeoutError,
     SerializationError,
+    TaskQueueFullError,
     TooManyRedirectsError,
     UnsafeRequestError,
+    ValueTooLargeError,
 )
 
 if TYPE_CHECKING:
@@ -72,14 +75,17 @@ __all__ = [
     "PoolExhaustedError",
     "ResponseTooLargeError",
     "RetryPolicy",
+    "RowValueError",
     "ScrapeConnectionError",
     "ScrapeError",
     "ScrapeResult",
     "ScrapeTimeoutError",
     "SerializationError",
     "Settings",
+    "TaskQueueFullError",
     "TooManyRedirectsError",
     "UnsafeRequestError",
+    "ValueTooLargeError",
     "__version__",
     "cached",
     "get_chrome_pool",
@@ -97,15 +103,4 @@ _LAZY: dict[str, str] = {
     "get_performance_optimizer": ".optimize",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'leadperf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

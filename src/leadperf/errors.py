@@ -5,12 +5,14 @@ the matching builtin, so ``except TimeoutError`` keeps working in host code::
 
     LeadperfError
     ├── ConfigError (ValueError)               bad setting, argument or URL
+    │   └── RowValueError                       a bulk_upsert value; carries .row and .column
     ├── MissingDependencyError (ImportError)   an optional extra is not installed
     ├── ClosedError (RuntimeError)             the resource was closed and cannot reopen
     ├── CacheError
     │   ├── CacheUnavailableError (ConnectionError)   server unreachable
     │   ├── CacheKeyError (ValueError)                key not a str, empty or too long
     │   └── SerializationError (TypeError)            value the codec cannot encode/decode
+    │       └── ValueTooLargeError                    value over the cache's size limit
     ├── ScrapeError                             carries .url and .attempt
     │   ├── InvalidURLError (ValueError)
     │   ├── ScrapeTimeoutError (TimeoutError)
@@ -26,6 +28,7 @@ the matching builtin, so ``except TimeoutError`` keeps working in host code::
     │   └── BrowserStartError                   Chrome/chromedriver would not start
     ├── ImageError (ValueError)                 empty, corrupt, too large or unsupported image
     ├── CompressionError (ValueError)           compressed text corrupt, truncated or too large
+    ├── TaskQueueFullError                      the task queue holds max_queued items
     └── DatabaseError
         ├── DatabaseUnavailableError (ConnectionError)
         └── BulkUpsertError                     carries .batch (index) and .table
@@ -56,12 +59,15 @@ __all__ = [
     "PoolError",
     "PoolExhaustedError",
     "ResponseTooLargeError",
+    "RowValueError",
     "ScrapeConnectionError",
     "ScrapeError",
     "ScrapeTimeoutError",
     "SerializationError",
+    "TaskQueueFullError",
     "TooManyRedirectsError",
     "UnsafeRequestError",
+    "ValueTooLargeError",
 ]
 
 
@@ -75,6 +81,16 @@ class ConfigError(LeadperfError, ValueError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class RowValueError(ConfigError):
+    """A value :meth:`DatabaseOptimizer.bulk_upsert` refuses before writing anything;
+    ``row`` (index in the given rows) and ``column`` say which."""
+
+    def __init__(self, message: str, *, row: int, column: str) -> None:
+        super().__init__(message, key="rows")
+        self.row = row
+        self.column = column
 
 
 class MissingDependencyError(LeadperfError, ImportError):
@@ -109,6 +125,12 @@ class CacheKeyError(CacheError, ValueError):
 
 class SerializationError(CacheError, TypeError):
     """A value cannot be encoded (or stored bytes cannot be decoded) by the cache codec."""
+
+
+class ValueTooLargeError(SerializationError):
+    """A value larger than the cache accepts for one entry (``max_value_size``, a
+    MemoryCache's share of ``max_bytes``, the codec's ``max_decoded_size``); raised at
+    ``set`` before anything is written."""
 
 
 # -- scraper ------------------------------------------------------------------------------
@@ -194,6 +216,13 @@ class ImageError(LeadperfError, ValueError):
 
 class CompressionError(LeadperfError, ValueError):
     """Compressed text is corrupt, truncated, or decompresses past the allowed size."""
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+class TaskQueueFullError(LeadperfError):
+    """The task queue holds ``max_queued`` items; wait (``submit``) or raise the bound."""
 
 
 # -- database -----------------------------------------------------------------------------

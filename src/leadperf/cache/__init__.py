@@ -16,14 +16,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .._core.lazy import lazy_exports, publish
 from .._util import mask_url
-from ..errors import ConfigError
+from ..errors import ConfigError, ValueTooLargeError
 from ._base import (
     MAX_KEY_LENGTH,
     BaseCache,
     Cache,
     CacheStats,
-    ValueTooLargeError,
     backend_for,
     known_schemes,
     register_backend,
@@ -75,18 +75,7 @@ for _scheme, _path in {
 }.items():
     register_backend(_scheme, _path)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'leadperf.cache' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 _INT_OPTIONS = {
@@ -185,3 +174,15 @@ def from_settings(settings: Settings | None = None) -> BaseCache | TieredCache:
             MemoryCache(settings=settings), RedisCache(cs.redis_url, settings=settings)
         )
     return MemoryCache(settings=settings)
+
+
+# Public names carry their public path (as httpx's do): leadperf.cache.MemoryCache.
+for _name in (
+    "Cache",
+    "CacheStats",
+    "Codec",
+    "MemoryCache",
+    "TieredCache",
+    "cached",
+):
+    publish(__name__, globals()[_name])

@@ -9,7 +9,6 @@ error, or raises with ``raise_errors=True``).
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
@@ -18,12 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checka
 import anyio
 import attrs
 
+from .._core.lifecycle import AsyncResource, State
 from .._core.redact import mask_text
 from ..errors import (
     CacheUnavailableError,
-    ClosedError,
     ConfigError,
     SerializationError,
+    ValueTooLargeError,
 )
 from ._checks import (
     DEFAULT_MAX_VALUE_SIZE,
@@ -39,11 +39,9 @@ from ._checks import (
     known_schemes,
     register_backend,
 )
-from ._codec import Codec, ValueTooLargeError
+from ._codec import Codec
 
 if TYPE_CHECKING:
-    from typing import Self
-
     from ..config import Settings
 
 # Validation helpers and the scheme registry live in _checks; re-exported for the backends.
@@ -54,6 +52,7 @@ __all__ = [
     "BaseCache",
     "Cache",
     "CacheStats",
+    "State",
     "ValueTooLargeError",
     "backend_for",
     "bad_key",
@@ -134,16 +133,10 @@ class Cache(Protocol):
     ) -> None: ...
 
 
-class State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
 # -- the shared wrapper ---------------------------------------------------------------------
 
 
-class BaseCache:
+class BaseCache(AsyncResource):
     """Behaviour every backend shares, over its raw primitives. Not used directly.
 
     ``max_value_size`` (bytes, default ``settings.cache.max_value_size``, 16 MiB) caps one
@@ -157,6 +150,7 @@ class BaseCache:
     """
 
     scheme: ClassVar[str] = ""
+    _closed_hint: ClassVar[str] = "create a new cache"
     _unavailable: tuple[type[BaseException], ...] = ()
     # Stored keys are "<namespace>:<key>"; backends without a shared store leave it "".
     _uses_prefix: ClassVar[bool] = True
@@ -208,51 +202,29 @@ class BaseCache:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran; a closed cache is never reopened."""
-        return self._state is State.CLOSED
+    async def _aopen(self) -> None:
+        try:
+            await self._open()
+        except CacheUnavailableError:
+            raise
+        except self._unavailable as exc:
+            raise self._unavailable_error(exc) from exc
+
+    async def _aclose(self) -> None:
+        await self._close()
 
     async def open(self) -> None:
-        """Connect now (otherwise the first operation does). Raises CacheUnavailableError."""
-        if self._state is State.OPEN:
-            return
-        if self._state is State.CLOSED:
-            raise ClosedError(f"{self!r} is closed; create a new cache")
-        if self._open_lock is None:
-            self._open_lock = anyio.Lock()
-        async with self._open_lock:
-            if self._state is State.NEW:
-                try:
-                    await self._open()
-                except CacheUnavailableError:
-                    raise
-                except self._unavailable as exc:
-                    raise self._unavailable_error(exc) from exc
-                self._state = State.OPEN
-            elif self._state is State.CLOSED:
-                raise ClosedError(f"{self!r} is closed; create a new cache")
+        """Connect now (otherwise the first operation does); idempotent.
+
+        Raises:
+            CacheUnavailableError: the server cannot be reached.
+            ClosedError: the cache was closed.
+        """
+        await super().open()
 
     async def close(self) -> None:
-        """Release connections and pools; idempotent."""
-        if self._state is State.CLOSED:
-            return
-        was_open = self._state is State.OPEN
-        self._state = State.CLOSED
-        if was_open:
-            await self._close()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        """Release connections and pools; idempotent (same as :meth:`aclose`)."""
+        await self.aclose()
 
     async def _ensure(self) -> None:
         """Open lazily; raise ClosedError when closed (callers test the state first).
@@ -260,8 +232,7 @@ class BaseCache:
         After a failed lazy open the server is not tried again for ``_reopen_after``
         seconds: calls fail at once instead of each waiting out a connect timeout.
         """
-        if self._state is State.CLOSED:
-            raise ClosedError(f"{self!r} is closed; create a new cache")
+        self._check_open()
         wait = self._open_failed_at + self._reopen_after - time.monotonic()
         if self._open_failed_at and wait > 0:
             raise CacheUnavailableError(
@@ -275,6 +246,19 @@ class BaseCache:
         self._open_failed_at = 0.0
 
     # -- policy ---------------------------------------------------------------------------
+
+    def set_error_policy(self, *, unavailable: bool, bad_entries: bool) -> None:
+        """Choose what raises instead of counting as a miss (``raise_errors`` sets both).
+
+        A tiered cache's remote raises on an unreachable server (the tiered cache serves
+        from local and counts the outage) while an entry it cannot decode stays a miss.
+
+        Args:
+            unavailable: raise CacheUnavailableError when the server cannot be reached.
+            bad_entries: raise SerializationError for a corrupt, forged or oversized entry.
+        """
+        self._raise_errors = bool(unavailable)
+        self._raise_bad_entries = bool(bad_entries)
 
     def _set_unavailable(self, *types: type[BaseException]) -> None:
         """Declare the backend's exceptions that mean "the server cannot be reached"."""

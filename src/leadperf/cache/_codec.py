@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._util import require
-from ..errors import ConfigError, SerializationError
+from ..errors import ConfigError, SerializationError, ValueTooLargeError
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -65,12 +65,6 @@ _COMPRESSIONS = {"none": COMP_NONE, "gzip": COMP_GZIP, "br": COMP_BROTLI}
 _FORMAT_NAMES = {FMT_BYTES: "bytes", FMT_STR: "str", FMT_JSON: "json", FMT_MSGPACK: "msgpack"}
 _FORMAT_NAMES[FMT_PICKLE] = "pickle"
 _BYTES_TAG = "__bytes__"
-
-
-class ValueTooLargeError(SerializationError):
-    """A value larger than the cache accepts for one entry (``max_value_size``, a
-    MemoryCache's share of ``max_bytes``, the codec's ``max_decoded_size``); raised at
-    ``set`` before anything is written."""
 
 
 def _msgpack_available() -> bool:

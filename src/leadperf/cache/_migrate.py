@@ -8,7 +8,7 @@ import sqlite3
 import time
 from typing import Any
 
-from ..errors import CacheUnavailableError, ConfigError
+from ..errors import ConfigError
 from ._codec import SIGNED, Codec
 from ._postgres import PostgresCache
 
@@ -82,12 +82,7 @@ async def migrate_sqlite(
                     continue
                 batch.append((prefix + key, stored, expires_at))
             if batch:
-                try:
-                    await postgres_cache._put_raw(batch)
-                except postgres_cache._unavailable as exc:
-                    raise postgres_cache._unavailable_error(exc) from exc
-                except CacheUnavailableError:
-                    raise
+                await postgres_cache.put_raw(batch)
                 copied += len(batch)
     finally:
         db.close()

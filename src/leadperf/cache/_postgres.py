@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._core.redact import mask_dsn, secrets_of
 from .._util import require
-from ..errors import ConfigError
+from ..errors import CacheUnavailableError, ConfigError
 from ._base import BaseCache, State
 from ._expiry import ExpiryJob, check_interval
 
@@ -395,12 +395,30 @@ class PostgresCache(BaseCache):
         row = await self._fetchone("clear", (like_pattern(self._prefix, pattern),))
         return int(row[0])
 
-    async def _put_raw(self, rows: Sequence[tuple[str, bytes, float | None]]) -> int:
-        """Upsert already-encoded rows ``(stored key, value, expires at epoch or None)``."""
+    async def put_raw(self, rows: Sequence[tuple[str, bytes, float | None]]) -> int:
+        """Upsert already-encoded rows, bypassing the codec (for :func:`migrate_sqlite`).
+
+        Args:
+            rows: ``(stored key with namespace, encoded value, expires at epoch or None)``.
+
+        Returns:
+            The number of rows written.
+
+        Raises:
+            CacheUnavailableError: PostgreSQL cannot be reached.
+            ClosedError: the cache was closed.
+        """
         keys = [r[0] for r in rows]
         values = [r[1] for r in rows]
         expiries = [r[2] for r in rows]
-        return await self._run("put_raw", (keys, values, expiries))
+        if self._state is not State.OPEN:
+            await self._ensure()
+        try:
+            return await self._run("put_raw", (keys, values, expiries))
+        except CacheUnavailableError:
+            raise
+        except self._unavailable as exc:
+            raise self._unavailable_error(exc) from exc
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._core.lifecycle import AsyncResource
 from ..errors import CacheUnavailableError, ConfigError
 from ._base import MISSING, BaseCache, CacheStats
 
 if TYPE_CHECKING:
-    from typing import Self
-
     from ..config import Settings
 
 _log = logging.getLogger("leadperf.cache")
@@ -23,7 +21,7 @@ __all__ = ["TieredCache"]
 _REMOTE_FAILURES = (CacheUnavailableError,)
 
 
-class TieredCache:
+class TieredCache(AsyncResource):
     """Read local first, then remote (filling local); write both.
 
     ``local`` defaults to a :class:`MemoryCache` and ``remote`` to a :class:`RedisCache`,
@@ -42,6 +40,10 @@ class TieredCache:
     """
 
     scheme = "tiered"
+    _closed_hint: ClassVar[str] = "create a new cache"
+    # Each tier opens lazily on first use, so closing reaches them even when the tiered
+    # cache itself was never opened.
+    _close_when_new: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -80,12 +82,10 @@ class TieredCache:
         # The tiered cache handles remote outages itself, so it needs to see them; an entry
         # the remote holds but cannot decode (corrupt, forged, oversized) is only a miss
         # for that key, never an outage, and is counted in the remote's own stats.
-        remote._raise_errors = True
-        remote._raise_bad_entries = bool(raise_errors)
+        remote.set_error_policy(unavailable=True, bad_entries=bool(raise_errors))
         self.retry_after = float(retry_after)
         self._raise_errors = bool(raise_errors)
         self._down_until = 0.0
-        self._closed = False
         self._hits = 0
         self._misses = 0
         self._sets = 0
@@ -96,46 +96,36 @@ class TieredCache:
         return f"TieredCache(local={self.local!r}, remote={self.remote!r})"
 
     @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
-
-    @property
     def remote_available(self) -> bool:
         """False while the remote is being left alone after a failure."""
         return time.monotonic() >= self._down_until
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open local, then try remote (a remote that is down is counted, not raised)."""
+    async def _aopen(self) -> None:
         await self.local.open()
         try:
             await self.remote.open()
         except CacheUnavailableError as exc:
             self._remote_failed(exc)
 
-    async def close(self) -> None:
-        """Close both tiers; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _aclose(self) -> None:
         try:
             await self.local.close()
         finally:
             await self.remote.close()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
+    async def open(self) -> None:
+        """Open local, then try remote (a remote that is down is counted, not raised).
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        Raises:
+            ClosedError: the cache was closed.
+        """
+        await super().open()
+
+    async def close(self) -> None:
+        """Close both tiers; idempotent (same as :meth:`aclose`)."""
+        await self.aclose()
 
     def _remote_failed(self, exc: BaseException) -> None:
         self._errors += 1

@@ -7,8 +7,9 @@ Names load lazily so that importing this package pulls in neither PIL nor psycop
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .archive import Archiver
@@ -54,15 +55,4 @@ _LAZY: dict[str, str] = {
     "TaskStats": ".tasks",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'leadperf.optimize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import BulkUpsertError, ConfigError
+from ..errors import BulkUpsertError, ConfigError, RowValueError
 from ._sql import check_identifier, qualified
 
 if TYPE_CHECKING:
@@ -255,14 +255,15 @@ def _check_table(info: TableInfo, columns: list[str], keys: tuple[str, ...]) -> 
 # -- values ---------------------------------------------------------------------------------
 
 
-def _refuse(row: int, column: Column, value: object, why: str) -> ConfigError:
+def _refuse(row: int, column: Column, value: object, why: str) -> RowValueError:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    return ConfigError(
+    return RowValueError(
         f"row {row}, column {column.name!r} ({column.type_name}): {shown} {why}. "
         "Nothing was written; fix the value and rerun",
-        key="rows",
+        row=row,
+        column=column.name,
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import attrs
 
-from ..errors import ClosedError, ConfigError, LeadperfError
+from ..errors import ClosedError, ConfigError, LeadperfError, TaskQueueFullError
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -51,10 +51,6 @@ LOW = 2
 _DEFAULT_WEIGHTS: Mapping[int, int] = {HIGH: 4, NORMAL: 2, LOW: 1}
 _WAITS_KEPT = 2048
 T = TypeVar("T")
-
-
-class TaskQueueFullError(LeadperfError):
-    """The task queue holds ``max_queued`` items; wait (``submit``) or raise the bound."""
 
 
 @attrs.frozen
