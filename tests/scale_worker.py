@@ -53,12 +53,14 @@ class OwnRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> OwnRedis:
+    def start(self, *, cluster: bool = False) -> OwnRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] * cluster
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", *_QUIET, "--dir", self.dir],
+            [*args, *_QUIET, *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -82,6 +84,48 @@ class OwnRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class OwnCluster:
+    """A Redis Cluster of ``n`` primaries (no replicas) on free loopback ports."""
+
+    def __init__(self, n: int = 3) -> None:
+        self.nodes = [OwnRedis() for _ in range(n)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> OwnCluster:
+        for node in self.nodes:
+            node.start(cluster=True)
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # every node agrees the cluster is up
+            out = [
+                subprocess.run(
+                    [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, timeout=5
+                ).stdout
+                for n in self.nodes
+            ]
+            if all(b"cluster_state:ok" in o for o in out):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the test Redis Cluster did not come up")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
 
 
 def start_worker(config: dict[str, Any], path: str) -> subprocess.Popen[bytes]:

@@ -340,3 +340,77 @@ async def test_unreachable_from_the_start_never_means_unlimited() -> None:
         assert limiter.stats().last_error == "ConnectionError"
     finally:
         await limiter.close()
+
+
+# -- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster() -> Any:
+    from scale_worker import OwnCluster
+
+    cluster = OwnCluster(3).start()
+    yield cluster
+    cluster.close()
+
+
+async def test_limits_and_dedup_on_a_redis_cluster(own_cluster: Any, reliability: Any) -> None:
+    from redis.asyncio import RedisCluster
+
+    from leadperf.scale import DedupSet
+
+    platforms = [f"shop{i}.example" for i in range(6)]
+    probe = RedisCluster.from_url(own_cluster.url)
+    a = RedisLimiter(own_cluster.url, cluster=True)
+    b = RedisLimiter(own_cluster.url, cluster=True)
+    dedups = [DedupSet.from_url(own_cluster.url, cluster=True, name="c") for _ in range(2)]
+    try:
+        await probe.initialize()
+        slots = {p: probe.keyslot(a._keys(p)[0]) for p in platforms}
+        nodes = {probe.get_node_from_key(a._keys(p)[0]).port for p in platforms}
+        assert len(nodes) >= 2, "the platforms' keys spread over several shards"
+        assert all(probe.keyslot(a._keys(p)[1]) == slots[p] for p in platforms)
+
+        holding = dict.fromkeys(platforms, 0)
+        most = dict.fromkeys(platforms, 0)
+
+        async def one(i: int) -> None:
+            limiter, platform = (a, b)[i % 2], platforms[i % 6]
+            lease = await limiter.acquire(platform, 2, 0.0)
+            holding[platform] += 1
+            most[platform] = max(most[platform], holding[platform])
+            await asyncio.sleep(0.01)
+            holding[platform] -= 1
+            await limiter.release(platform, lease)
+
+        await asyncio.gather(*(one(i) for i in range(240)))
+        assert set(most.values()) == {2}  # reached on every shard, never passed
+
+        await a.report(platforms[0], 429, None)
+        state = await probe.hgetall(a._keys(platforms[0])[1])
+        assert int(state[b"cap"]) == 1
+
+        await probe.script_flush()  # every primary forgets the scripts
+        lease = await b.acquire(platforms[3], 2, 0.0)
+        assert lease.shared
+        await b.release(platforms[3], lease)
+        assert a.stats().fallbacks == b.stats().fallbacks == 0
+
+        urls = [f"http://{platforms[i % 6]}/item/{i}" for i in range(300)]
+        flags = await asyncio.gather(*(d.add_many(urls) for d in dedups))
+        assert [x or y for x, y in zip(*flags, strict=True)] == [True] * 300
+        assert not any(x and y for x, y in zip(*flags, strict=True))
+        reliability.record(
+            "scale",
+            "a 3-shard Redis Cluster (limiter and dedup), scripts flushed on every primary",
+            "hash-tagged keys keep each platform on one slot; limits and dedup hold",
+            f"platform keys on {len(nodes)} shards; max held per platform "
+            f"{sorted(set(most.values()))} for limit 2; 300 URLs offered by 2 sets, each "
+            "won once; acquires after SCRIPT FLUSH reloaded the scripts, no fallback",
+        )
+    finally:
+        await a.close()
+        await b.close()
+        for d in dedups:
+            await d.close()
+        await probe.aclose()

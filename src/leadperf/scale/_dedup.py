@@ -196,19 +196,29 @@ class RedisDedupSet(DedupSet):
     """A :class:`DedupSet` in Redis: one ``SET key 1 NX`` per URL, all in one pipeline.
 
     One key per URL (``<namespace>:dedup:<name>:<digest hex>``), so the set spreads over a
-    Redis Cluster's shards and each URL can expire on its own (``ttl``).
+    Redis Cluster's shards (``cluster=True``: the URL names any node of the cluster) and
+    each URL can expire on its own (``ttl``).
     """
 
-    def __init__(self, url: str, *, namespace: str = "leadperf", timeout: float = 5.0, **kw: Any):
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "leadperf",
+        timeout: float = 5.0,
+        cluster: bool = False,
+        **kw: Any,
+    ):
         super().__init__(**kw)
         require("redis", "scale")
-        from redis.asyncio import Redis
+        from redis.asyncio import Redis, RedisCluster
 
         if not isinstance(namespace, str) or not namespace:
             raise ConfigError(f"namespace: must be a non-empty str, got {namespace!r}")
         self._prefix = f"{namespace}:dedup:{self.name}:"
         self._where = mask_url(url) or "redis"
-        self._client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        factory: Any = RedisCluster if cluster else Redis
+        self._client = factory.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<RedisDedupSet {self._where} name={self.name!r}>"
@@ -231,7 +241,7 @@ class RedisDedupSet(DedupSet):
 
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
-            pipe.exists(self._prefix + key.hex())
+            pipe.execute_command("EXISTS", self._prefix + key.hex())
         try:
             replies = await pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -241,14 +251,17 @@ class RedisDedupSet(DedupSet):
     async def _remove(self, keys: list[bytes]) -> int:
         pipe = self._client.pipeline(transaction=False)
         for key in keys:
-            pipe.delete(self._prefix + key.hex())
+            pipe.execute_command("DEL", self._prefix + key.hex())
         return sum(int(n) for n in await pipe.execute())
 
     async def clear(self) -> int:
         """Delete every URL of this set (SCAN + UNLINK under its prefix); count deleted."""
         deleted = 0
         async for batch in _chunks(self._client.scan_iter(match=self._prefix + "*", count=500)):
-            deleted += int(await self._client.unlink(*batch))
+            pipe = self._client.pipeline(transaction=False)
+            for key in batch:  # one key per command: a cluster refuses cross-slot UNLINK
+                pipe.execute_command("UNLINK", key)
+            deleted += sum(int(n) for n in await pipe.execute())
         return deleted
 
     async def _close(self) -> None:

@@ -114,6 +114,7 @@ class RedisLimiter:
             falling back to local limits.
         retry_interval: seconds on local limits before Redis is tried again.
         poll_interval: longest pause (seconds) between asks while every slot is taken.
+        cluster: ``redis`` is a URL of any node of a Redis Cluster.
 
     Raises:
         ConfigError: a bad argument.
@@ -129,6 +130,7 @@ class RedisLimiter:
         timeout: float = 1.0,
         retry_interval: float = 2.0,
         poll_interval: float = 0.02,
+        cluster: bool = False,
     ) -> None:
         self._redis_mod = require("redis", "scale")
         require("redis.asyncio", "scale")
@@ -140,7 +142,7 @@ class RedisLimiter:
             raise ConfigError(f"prefix: must be a non-empty str, got {prefix!r}", key="prefix")
         self.prefix = prefix
         if isinstance(redis, str):
-            self._client = self._client_from_url(redis)
+            self._client = self._client_from_url(redis, cluster)
             self._owns_client = True
             self._where = mask_url(redis) or "redis"
         elif callable(getattr(redis, "execute_command", None)):
@@ -179,8 +181,8 @@ class RedisLimiter:
         """A limiter on the Redis at ``url``; ``options`` as for the constructor."""
         return cls(url, **options)
 
-    def _client_from_url(self, url: str) -> Any:
-        from redis.asyncio import Redis
+    def _client_from_url(self, url: str, cluster: bool) -> Any:
+        from redis.asyncio import Redis, RedisCluster
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -191,13 +193,14 @@ class RedisLimiter:
             )
         # One quick retry (a pooled connection may be stale after a Redis restart), then
         # fail fast: a worker should fall back to local limits, not hang on a dead server.
-        return Redis.from_url(
-            url,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=0,
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        if cluster:
+            return RedisCluster.from_url(url, **options)
+        return Redis.from_url(url, health_check_interval=0, **options)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("shared" if self.shared else "local")

@@ -130,7 +130,9 @@ class AutoPipeline:
             # The server lost its script cache (restart, failover, new server): load each
             # script once from its source, then resend only the commands that failed.
             for sha in {commands[i][1] for i in missing}:
-                await self._client.execute_command("SCRIPT", "LOAD", _SOURCES[sha])
+                # script_load, not a raw SCRIPT LOAD: a cluster client sends it to every
+                # primary, since the next call may land on any of them.
+                await self._client.script_load(_SOURCES[sha])
             again = await self._round_trip([commands[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
