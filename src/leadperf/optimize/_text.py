@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import threading
 import zlib
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import brotli
 
-from ..errors import ClosedError, CompressionError, ConfigError
+from .._core.lifecycle import SyncResource
+from ..errors import CompressionError, ConfigError
 
 __all__ = [
     "DEFAULT_LEVELS",
     "DEFAULT_MAX_OUTPUT",
     "StreamCompressor",
     "StreamDecompressor",
+    "as_bytes",
     "compress",
     "decompress",
     "negotiate_encoding",
@@ -78,7 +79,8 @@ def check_level(algorithm: str, level: int | None, *, key: str = "level") -> int
     return level
 
 
-def _as_bytes(data: str | bytes | bytearray | memoryview, what: str = "data") -> bytes:
+def as_bytes(data: str | bytes | bytearray | memoryview, what: str = "data") -> bytes:
+    """``data`` as bytes (str as UTF-8); ConfigError naming ``what`` for anything else."""
     if isinstance(data, str):
         return data.encode("utf-8")
     if isinstance(data, bytes | bytearray | memoryview):
@@ -192,48 +194,31 @@ def negotiate_encoding(
 # -- streaming ---------------------------------------------------------------------------------
 
 
-class _StreamBase:
+class _StreamBase(SyncResource):
     _kind = "stream"
+    _closed_hint: ClassVar[str] = "create one per connection"
 
     def __init__(self, algorithm: str) -> None:
         self.algorithm = normalize_algorithm(algorithm, allowed=("br", "deflate"))
         self._lock = threading.Lock()
-        self._closed = False
+        self._mark_open()  # the compression state exists from construction
         self.messages = 0
         self.bytes_in = 0
         self.bytes_out = 0
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` has been called."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"this {type(self).__name__} is closed; create one per connection")
-
     def close(self) -> None:
         """Drop the compression state; idempotent. Later calls raise :class:`ClosedError`."""
-        with self._lock:
-            self._closed = True
+        super().close()
+
+    def _close(self) -> None:
+        with self._lock:  # after a message being compressed right now
             self._release()
 
     def _release(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = self._state.value
         return (
             f"<{type(self).__name__} {self.algorithm} {state} messages={self.messages} "
             f"in={self.bytes_in} out={self.bytes_out}>"
@@ -263,7 +248,7 @@ class StreamCompressor(_StreamBase):
 
     def compress(self, message: str | bytes) -> bytes:
         """Compress one message and flush: the returned frame decodes on its own (in order)."""
-        data = _as_bytes(message, "message")
+        data = as_bytes(message, "message")
         with self._lock:
             self._check_open()
             if self._br is not None:
@@ -306,7 +291,7 @@ class StreamDecompressor(_StreamBase):
 
     def decompress(self, frame: bytes) -> bytes:
         """Decode one frame into the message it carries."""
-        data = _as_bytes(frame, "frame")
+        data = as_bytes(frame, "frame")
         limit = self.max_message_size
         with self._lock:
             self._check_open()

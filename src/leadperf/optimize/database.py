@@ -13,23 +13,21 @@ psycopg and psycopg_pool are imported when the optimizer is built, never at modu
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio
 import attrs
 
+from .._core.lifecycle import AsyncResource, State
 from .._core.redact import mask_dsn, secrets_of
+from .._core.validate import positive_int
 from .._util import require
 from ..errors import (
     BulkUpsertError,
     CacheError,
-    ClosedError,
     ConfigError,
     DatabaseError,
     DatabaseUnavailableError,
@@ -129,18 +127,6 @@ class DatabaseStats:
     query_cache_hit_rate: float
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-def _positive(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}", key=name)
-    return value
-
-
 def _keys(key: str | Sequence[str]) -> tuple[str, ...]:
     keys = (key,) if isinstance(key, str) else tuple(key)
     if not keys:
@@ -163,7 +149,7 @@ def _statement_timeout(value: float | None) -> float | None:
     return float(value)
 
 
-class DatabaseOptimizer:
+class DatabaseOptimizer(AsyncResource):
     """Pooled PostgreSQL access for bulk work: COPY upserts, batch reads, a query cache.
 
     ``DatabaseOptimizer(dsn=None, *, pool_size=None, max_overflow=None, pool_timeout=None,
@@ -178,6 +164,10 @@ class DatabaseOptimizer:
     is closed with :meth:`close`. Raises :class:`ConfigError` for bad arguments or no DSN,
     :class:`DatabaseUnavailableError` when the server cannot be reached at open.
     """
+
+    _closed_hint: ClassVar[str] = "create a new DatabaseOptimizer"
+    # An owned query cache may exist before the pool opens; closing releases it too.
+    _close_when_new: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -223,9 +213,7 @@ class DatabaseOptimizer:
         self._cache: Cache | None = cache
         self._owns_cache = False
         self._settings = settings
-        self._state = _State.NEW
         self._pool: AsyncConnectionPool[Any] | None = None
-        self._open_lock = anyio.Lock()
         self._counters = dict.fromkeys(_COUNTERS, 0)
 
     def _pool_options(
@@ -258,50 +246,73 @@ class DatabaseOptimizer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` has run; a closed optimizer is never reopened."""
-        return self._state is _State.CLOSED
+    async def _aopen(self) -> None:
+        self._pool = await open_pool(self._psycopg, self._pool_mod, self._opts)
 
-    async def open(self) -> None:
-        """Open the pool (idempotent); fails fast with DatabaseUnavailableError if unreachable."""
-        if self._state is _State.OPEN:
-            return
-        async with self._open_lock:
-            if self.closed:
-                raise ClosedError(f"{self!r} is closed; create a new DatabaseOptimizer")
-            if self._pool is not None:
-                return
-            self._pool = await open_pool(self._psycopg, self._pool_mod, self._opts)
-            self._state = _State.OPEN
-
-    async def close(self) -> None:
-        """Close the pool and an owned query cache (idempotent)."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
+    async def _aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
         if self._owns_cache and self._cache is not None:
             await self._cache.close()
 
-    async def __aenter__(self) -> DatabaseOptimizer:
-        await self.open()
-        return self
+    async def open(self) -> None:
+        """Open the pool (idempotent).
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        Raises:
+            DatabaseUnavailableError: the server cannot be reached (fails fast).
+            ClosedError: the optimizer was closed.
+        """
+        await super().open()
+
+    async def close(self) -> None:
+        """Close the pool and an owned query cache; idempotent (same as :meth:`aclose`)."""
+        await self.aclose()
+
+    async def apply_settings(self, settings: Settings) -> list[str]:
+        """Take ``settings.database``'s pool bounds live: the open pool is resized
+        (``pool_size`` connections kept, up to ``pool_size + max_overflow``) and new
+        borrows wait up to ``pool_timeout``; a pool not yet open opens with them.
+
+        Args:
+            settings: the new settings (only ``settings.database`` is read).
+
+        Returns:
+            The ``DatabaseSettings`` field names that changed and were taken live (a
+            subset of ``pool_size``, ``max_overflow``, ``pool_timeout``). The URL and
+            ``enable_query_cache`` take effect only in a new optimizer.
+
+        Raises:
+            ClosedError: the optimizer was closed.
+        """
+        self._check_open()
+        db = settings.database
+        old = self._opts
+        new = attrs.evolve(
+            old,
+            min_size=db.pool_size,
+            max_size=db.pool_size + db.max_overflow,
+            timeout=float(db.pool_timeout),
+        )
+        live = [
+            name
+            for name, before, after in (
+                ("pool_size", old.min_size, new.min_size),
+                ("max_overflow", old.max_size - old.min_size, new.max_size - new.min_size),
+                ("pool_timeout", old.timeout, new.timeout),
+            )
+            if before != after
+        ]
+        pool = self._pool
+        if pool is not None:
+            if (old.min_size, old.max_size) != (new.min_size, new.max_size):
+                await pool.resize(new.min_size, new.max_size)
+            pool.timeout = new.timeout
+        self._opts = new
+        return live
 
     async def _ready(self) -> AsyncConnectionPool[Any]:
-        if self._state is not _State.OPEN:
-            if self._state is _State.CLOSED:
-                raise ClosedError(f"{self!r} is closed; create a new DatabaseOptimizer")
+        if self._state is not State.OPEN:
             await self.open()
         assert self._pool is not None
         return self._pool
@@ -509,8 +520,8 @@ class DatabaseOptimizer:
         if schema is not None:
             check_identifier(schema, "schema")
         keys = _keys(key)
-        batch_size = _positive("batch_size", batch_size)
-        concurrency = _positive("concurrency", concurrency)
+        batch_size = positive_int(batch_size, "batch_size")
+        concurrency = positive_int(concurrency, "concurrency")
         data = rows if isinstance(rows, Sequence) else list(rows)
         if not data:
             return UpsertResult(0, 0, 0, 0, time.perf_counter() - started)

@@ -17,21 +17,21 @@ and keep the event loop free. Pillow is imported on first image use
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import anyio.to_thread
 import attrs
 
-from ..errors import ClosedError, ConfigError, LeadperfError
+from .._core.lifecycle import SyncResource
+from .._core.validate import int_in_range, positive_int
+from ..errors import ConfigError, LeadperfError
 from . import _images, _text
 from ._text import StreamCompressor, StreamDecompressor, negotiate_encoding
 
@@ -117,21 +117,8 @@ class ResourceStats:
         return self.encodes / self.screenshots if self.screenshots else 0.0
 
 
-class _State(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}: must be an integer > 0, got {value!r}", key=key)
-    return value
-
-
 def _quality(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100:
-        raise ConfigError(f"{key}: must be an integer 1..100, got {value!r}", key=key)
-    return value
+    return int_in_range(value, key, 1, 100)
 
 
 def _target_bytes(value: Any, key: str = "target_size_kb") -> int:
@@ -148,7 +135,7 @@ def _target_bytes(value: Any, key: str = "target_size_kb") -> int:
     return max(1, int(value * KB))
 
 
-class ResourceOptimizer:
+class ResourceOptimizer(SyncResource):
     """Screenshots to a byte budget, image re-encoding and text compression.
 
     ``target_size_kb`` and ``quality`` (the highest quality tried) default to
@@ -176,7 +163,7 @@ class ResourceOptimizer:
 
             settings = Settings.from_env()
         self.settings = settings
-        self.target_size_kb = _positive_int(
+        self.target_size_kb = positive_int(
             settings.resources.screenshot_target_size_kb
             if target_size_kb is None
             else target_size_kb,
@@ -191,7 +178,7 @@ class ResourceOptimizer:
                 f"min_quality: must be <= quality ({self.quality}), got {min_quality!r}",
                 key="min_quality",
             )
-        self.max_pixels = None if max_pixels is None else _positive_int(max_pixels, "max_pixels")
+        self.max_pixels = None if max_pixels is None else positive_int(max_pixels, "max_pixels")
         if (
             not isinstance(background, tuple)
             or len(background) != 3
@@ -202,10 +189,10 @@ class ResourceOptimizer:
                 key="background",
             )
         self.background = background
-        self.max_workers = _positive_int(
+        self.max_workers = positive_int(
             max_workers if max_workers is not None else (os.cpu_count() or 2), "max_workers"
         )
-        self._state = _State.OPEN
+        self._mark_open()  # ready at construction: nothing to acquire
         self._lock = threading.Lock()
         self._limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = (
             weakref.WeakKeyDictionary()
@@ -214,46 +201,12 @@ class ResourceOptimizer:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._state is _State.CLOSED
-
     def close(self) -> None:
-        """Mark the optimizer closed; idempotent. It holds no threads or files of its own."""
-        self._state = _State.CLOSED
+        """Mark the optimizer closed; idempotent. It holds no threads or files of its own.
 
-    async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        self.close()
-
-    def __enter__(self) -> ResourceOptimizer:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> ResourceOptimizer:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if self._state is _State.CLOSED:
-            raise ClosedError("this ResourceOptimizer is closed; create a new one")
+        Later calls raise :class:`ClosedError`.
+        """
+        super().close()
 
     def __repr__(self) -> str:
         return (
@@ -391,8 +344,8 @@ class ResourceOptimizer:
             q = _quality(
                 quality if quality is not None else (spec.default_top or self.quality), "quality"
             )
-            box_w = None if max_width is None else _positive_int(max_width, "max_width")
-            box_h = None if max_height is None else _positive_int(max_height, "max_height")
+            box_w = None if max_width is None else positive_int(max_width, "max_width")
+            box_h = None if max_height is None else positive_int(max_height, "max_height")
             img = _images.prepare(
                 _images.decode(data, max_pixels=self.max_pixels), spec, background=self.background
             )
@@ -453,7 +406,7 @@ class ResourceOptimizer:
 
         def run() -> tuple[bytes, str]:
             start = time.perf_counter()
-            raw = _text._as_bytes(data)
+            raw = _text.as_bytes(data)
             wanted = _text.normalize_algorithm(algorithm)
             coding = wanted if accept_encoding is None else negotiate_encoding(accept_encoding)
             lvl = _text.check_level(coding, level if coding == wanted else None)
@@ -496,8 +449,8 @@ class ResourceOptimizer:
         def run() -> str | bytes:
             start = time.perf_counter()
             coding = _text.normalize_algorithm(algorithm)
-            raw = _text._as_bytes(data)
-            limit = _positive_int(max_output, "max_output")
+            raw = _text.as_bytes(data)
+            limit = positive_int(max_output, "max_output")
             out = _text.decompress(raw, coding, limit)
             self._add(texts_decompressed=1, text_ms=_images.elapsed_ms(start))
             return out if encoding is None else out.decode(encoding)
