@@ -506,9 +506,19 @@ async def test_body_size_is_capped_before_and_while_reading(
 
     server.routes["/chunked"] = chunked
     server.routes["/fits"] = raw(ok(b"y" * 1_000_000), keep=True)
+    # Answers without a body may name any length: HEAD, 304 (the resource's), 204.
+    server.routes["/no-body"] = raw(
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000000000\r\n\r\n", keep=True
+    )
+    server.routes["/huge"] = raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5000000000\r\n\r\n", keep=True
+    )
     eng = await _limited(Limits(max_body_size=1_000_000))
     try:
         assert len((await get(eng, server.url("/fits"))).content) == 1_000_000
+        assert (await get(eng, server.url("/no-body"))).status_code == 304
+        head = await get(eng, server.url("/huge"), method="HEAD")
+        assert head.headers["content-length"] == "5000000000"
         with pytest.raises(ResponseTooLargeError, match="max_body_size"):
             await get(eng, server.url("/declared"))
         with pytest.raises(ResponseTooLargeError, match="max_body_size"):

@@ -284,14 +284,16 @@ class ResponseParser:
         self._status = status
         self._headers_done = True
         self._keep_alive = p.should_keep_alive()
+        if self._head_only:
+            self._done = Exchange(status, self._head, b"", self._head_ends_reads())
+            raise _Stop
+        if status == 204 or status == 304:
+            return  # no body, whatever Content-Length says (a 304 repeats the resource's)
         limit = self._limits.max_body_size
         if self._length > limit:  # the raw body alone would pass the cap
             raise self._fail(body_too_large(limit))
         if self._encoding is not None:
             self._decoder = make_decoder(self._encoding, limit)
-        if self._head_only:
-            self._done = Exchange(status, self._head, b"", self._head_ends_reads())
-            raise _Stop
 
     def _head_ends_reads(self) -> bool:
         """HEAD: True if the response head ends exactly where the reads so far end.
