@@ -23,7 +23,7 @@ import anyio
 import brotli
 import pytest
 
-from engines import ENGINES, NATIVE_READY
+from engines import ENGINES
 from hostile_server import HostileServer, Script, drip, raw, reset_after, response
 from leadperf import Settings
 from leadperf._scrape._engine import make_engine
@@ -488,7 +488,7 @@ async def test_engine_conformance(
 
 
 async def _table() -> str:
-    engines = ["aiohttp", "httpx", "native"] if NATIVE_READY else ["aiohttp", "httpx"]
+    engines = ["aiohttp", "httpx", "native"]
     lines = [
         "| case | " + " | ".join(engines) + " |",
         "|---|" + "---|" * len(engines),

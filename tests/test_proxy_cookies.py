@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from engines import NATIVE_READY
 from leadperf import Settings
 from leadperf.errors import ConfigError, HTTPStatusError, ScrapeConnectionError
 from leadperf.scraper import AsyncScraper, RetryPolicy
@@ -326,8 +325,6 @@ async def test_proxy_credentials_are_sent_and_never_shown(
 
 
 def test_the_native_engine_refuses_what_it_cannot_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not NATIVE_READY:
-        pytest.skip("native engine not yet on the Request/Limits seam")
     with pytest.raises(ConfigError, match="does not support proxies"):
         scraper(engine="native", proxy="http://127.0.0.1:3128")
     with pytest.raises(ConfigError, match="does not support proxies"):

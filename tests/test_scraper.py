@@ -20,7 +20,7 @@ import attrs
 import httpx
 import pytest
 
-from engines import ENGINES, NATIVE_READY
+from engines import ENGINES
 from leadperf import Settings
 from leadperf.cache import MemoryCache
 from leadperf.errors import (
@@ -901,7 +901,7 @@ def test_httpx_engine_runs_on_trio_and_asyncio_engines_say_they_cannot(
 
     assert anyio.run(default_engine_on_trio, backend="trio") == ("httpx", True)
 
-    for engine in ("native", "aiohttp") if NATIVE_READY else ("aiohttp",):
+    for engine in ("native", "aiohttp"):
 
         async def asyncio_engine_on_trio(engine: str = engine) -> None:
             async with scraper(engine=engine):

@@ -327,7 +327,7 @@ def make_engine(
         check_native_options(proxy=proxy, trust_env=trust_env, cookies=cookies)
         from ._native import NativeEngine
 
-        return NativeEngine(  # type: ignore[call-arg,no-any-return,unused-ignore]
+        return NativeEngine(
             max_connections=max_connections, timeout=timeout, headers=headers, limits=limits
         )
     if name == "aiohttp":
