@@ -234,9 +234,13 @@ async def test_profiles_change_live_parts_and_report_per_part(settings: Settings
         assert threshold[1] < 10
         assert perf.cache.max_size == 2_000  # type: ignore[attr-defined]
         assert small["parts"]["cache"]["live"]["max_size"] == [50_000, 2_000]
-        # 3000 entries over the new bound of 2000: the live cache shrinks now, not later.
-        assert small["parts"]["cache"]["entries_dropped"] == 3000
-        assert perf.cache.stats().size == 0
+        # 3000 entries over the new bound of 2000: the live cache shrinks now, not later,
+        # by its least recently used 1000 (the 2000 most recent stay).
+        assert small["parts"]["cache"]["entries_dropped"] == 1000
+        assert perf.cache.stats().size == 2000
+        assert perf.cache.stats().evictions == 1000
+        assert await perf.cache.get("k0") is None
+        assert await perf.cache.get("k2999") == 2999
         assert "compression_threshold" in small["parts"]["cache"]["on_reopen"]
         assert small["parts"]["tasks"]["on_reopen"]["workers"] == [8, 2]
         assert set(small["applied_live"]) >= {"cache", "scraper", "tasks"}
@@ -266,9 +270,17 @@ async def test_memory_guard_applies_memory_focused_and_trims(
         with anyio.fail_after(10):
             while perf.memory.stats().triggered == 0:
                 await anyio.sleep(0.02)
-            while perf.cache.stats().size:  # the trim follows the profile switch
+            # The trim follows the profile switch: down to memory_focused's bound, least
+            # recently used first.
+            while (perf.cache.stats().size or 0) > PROFILES["memory_focused"].settings(
+                s
+            ).cache.max_size:
                 await anyio.sleep(0.02)
         stats = perf.memory.stats()
+        size_after = perf.cache.stats().size
+        evicted = perf.cache.stats().evictions
+        assert size_after == 2000 and evicted == 3000
+        assert await perf.cache.get("lead:4999") == {"i": 4999}  # the most recent stay
         assert perf.settings.profile == "memory_focused"
         assert gc.get_threshold() == PROFILES["memory_focused"].gc_thresholds
         assert stats.source == "configured"
@@ -282,7 +294,7 @@ async def test_memory_guard_applies_memory_focused_and_trims(
         "process RSS above the configured memory limit",
         "guard applies memory_focused, trims the live cache, fires once per crossing",
         f"used {stats.used_mb} MB of {stats.limit_mb} MB; triggered {stats.triggered}; "
-        "cache emptied from 5000 entries",
+        f"cache trimmed from 5000 to {size_after} entries ({evicted} LRU evictions)",
     )
 
 

@@ -84,14 +84,17 @@ class AsyncResource(_Lifecycle):
 
     _open_lock: anyio.Lock | None = None
 
-    async def open(self) -> None:
+    async def open(self) -> Self:
         """Open now (idempotent; concurrent callers wait for one open).
+
+        Returns:
+            The resource itself.
 
         Raises:
             ClosedError: the resource was closed.
         """
         if self._state is State.OPEN:
-            return
+            return self
         if self._state is State.CLOSED:
             raise self._closed_error()
         if self._open_lock is None:
@@ -106,6 +109,7 @@ class AsyncResource(_Lifecycle):
                 self._state = State.OPEN
             elif self._state is State.CLOSED:
                 raise self._closed_error()
+        return self
 
     async def aclose(self) -> None:
         """Release what the resource holds; idempotent, and the resource stays closed."""

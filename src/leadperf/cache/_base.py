@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, Self, runtime_checkable
 
 import anyio
 import attrs
@@ -213,14 +213,14 @@ class BaseCache(AsyncResource):
     async def _aclose(self) -> None:
         await self._close()
 
-    async def open(self) -> None:
+    async def open(self) -> Self:
         """Connect now (otherwise the first operation does); idempotent.
 
         Raises:
             CacheUnavailableError: the server cannot be reached.
             ClosedError: the cache was closed.
         """
-        await super().open()
+        return await super().open()
 
     async def close(self) -> None:
         """Release connections and pools; idempotent (same as :meth:`aclose`)."""

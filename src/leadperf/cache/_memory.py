@@ -87,6 +87,31 @@ class MemoryCache(BaseCache):
         """Bytes accounted to the entries held now (expired ones included until purged)."""
         return self._bytes
 
+    def trim(self) -> int:
+        """Bring the cache within ``max_size`` and ``max_bytes`` now, evicting least
+        recently used entries (counted in ``stats().evictions``).
+
+        A smaller bound set on a live cache (a profile switch, the memory guard) is
+        otherwise reached only one eviction per write. Expired entries go first and are
+        not counted as evictions.
+
+        Returns:
+            The number of live entries evicted.
+
+        Raises:
+            ClosedError: the cache was closed.
+        """
+        self._check_open()
+        self._purge()
+        data = self._data
+        evicted = 0
+        while data and (len(data) > self.max_size or self._bytes > self.max_bytes):
+            _, item = data.popitem(last=False)
+            self._bytes -= item[2]
+            evicted += 1
+        self._evictions += evicted
+        return evicted
+
     # -- stored form: (the object itself, its accounted size) ----------------------------
 
     def _dump(self, value: Any, key: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .._core.lifecycle import AsyncResource
 from ..errors import CacheUnavailableError, ConfigError
@@ -115,13 +115,13 @@ class TieredCache(AsyncResource):
         finally:
             await self.remote.close()
 
-    async def open(self) -> None:
+    async def open(self) -> Self:
         """Open local, then try remote (a remote that is down is counted, not raised).
 
         Raises:
             ClosedError: the cache was closed.
         """
-        await super().open()
+        return await super().open()
 
     async def close(self) -> None:
         """Close both tiers; idempotent (same as :meth:`aclose`)."""

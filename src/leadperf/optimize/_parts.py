@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
+from .._core.lifecycle import aclose_resource
 from .._portal import get_portal, run_sync
 from ..errors import LeadperfError
+from ..monitor import SystemMonitor
 
 __all__ = [
     "Blocking",
@@ -34,17 +36,18 @@ _PING_KEY = "leadperf-health-ping"
 _CHECK_TIMEOUT = 5.0
 
 
-async def close_part(name: str, part: Any, *, entered: bool) -> None:
-    if name == "monitor":
-        await part.stop()
-    elif entered:
+async def close_part(part: Any, *, entered: bool) -> None:
+    """Close one part through the one lifecycle interface (``await part.aclose()``).
+
+    A part the facade entered is left with ``__aexit__`` instead: scrapers and task
+    queues hold task groups that must be left by the task that entered them.
+    """
+    if entered:
         await part.__aexit__(None, None, None)
-    elif callable(getattr(part, "aclose", None)):
-        await part.aclose()
-    elif callable(getattr(part, "close", None)):
-        result = part.close()
-        if hasattr(result, "__await__"):
-            await result
+    elif isinstance(part, SystemMonitor):  # its close is stop(): sampling ends, history stays
+        await part.stop()
+    else:
+        await aclose_resource(part)
 
 
 def cache_tiers(cache: Any) -> list[Any]:
@@ -107,22 +110,12 @@ async def ping_database(db: Any) -> dict[str, Any]:
 
 
 async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:
-    """Shrink what the memory guard can: each part's own ``trim()`` where it has one,
-    else in-process cache tiers over their (new, smaller) bound."""
+    """Shrink what the memory guard can: in-process cache tiers down to their (new,
+    smaller) bounds with their own ``trim()``, least recently used entries first."""
     from .profiles import shrink_memory_tiers
 
-    trimmed: dict[str, Any] = {}
-    for name in ("cache", "chrome"):
-        part = parts.get(name)
-        if part is None:
-            continue
-        trim = getattr(part, "trim", None)
-        if callable(trim):
-            result = trim()
-            trimmed[name] = await result if hasattr(result, "__await__") else result
-        elif name == "cache":
-            trimmed["cache"] = await shrink_memory_tiers(part)
-    return trimmed
+    cache = parts.get("cache")
+    return {} if cache is None else {"cache": await shrink_memory_tiers(cache)}
 
 
 class Blocking:

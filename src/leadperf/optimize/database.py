@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 
@@ -256,14 +256,14 @@ class DatabaseOptimizer(AsyncResource):
         if self._owns_cache and self._cache is not None:
             await self._cache.close()
 
-    async def open(self) -> None:
+    async def open(self) -> Self:
         """Open the pool (idempotent).
 
         Raises:
             DatabaseUnavailableError: the server cannot be reached (fails fast).
             ClosedError: the optimizer was closed.
         """
-        await super().open()
+        return await super().open()
 
     async def close(self) -> None:
         """Close the pool and an owned query cache; idempotent (same as :meth:`aclose`)."""

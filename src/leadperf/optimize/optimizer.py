@@ -9,21 +9,21 @@ blocking fronts of those parts, and ``await perf.cache.get(...)`` from another e
 
 from __future__ import annotations
 
-import enum
 import gc
 import logging
 import threading
 import time
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 import attrs
 
+from .._core.lifecycle import AsyncResource, State
 from .._portal import get_portal, run_sync
 from ..config import Settings
-from ..errors import CacheUnavailableError, ClosedError, ConfigError, LeadperfError
+from ..errors import CacheUnavailableError, ConfigError, LeadperfError
 from ..monitor import MetricsRegistry, SystemMonitor
 from ._parts import (
     Blocking,
@@ -55,13 +55,7 @@ __all__ = ["PerformanceOptimizer", "get_performance_optimizer"]
 log = logging.getLogger("leadperf.optimizer")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class PerformanceOptimizer:
+class PerformanceOptimizer(AsyncResource):
     """One object that builds, tunes, monitors and closes every leadperf part.
 
     Parts are built lazily from ``settings`` on first access (``perf.cache``,
@@ -72,6 +66,9 @@ class PerformanceOptimizer:
     and notebooks (the sync form runs the parts on leadperf's shared background event
     loop, so it works inside a running loop too). A closed optimizer is never reopened.
     """
+
+    # Parts are built (and may be used) before the facade opens; closing reaches them.
+    _close_when_new: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -90,7 +87,6 @@ class PerformanceOptimizer:
         logging.getLogger("leadperf").setLevel(self.settings.log_level)
         self.registry = registry or MetricsRegistry()
         self._lock = threading.RLock()
-        self._state = _State.NEW
         self._parts: dict[str, Any] = {}
         self._entered: set[str] = set()
         self._sync_cm: AbstractContextManager[PerformanceOptimizer] | None = None
@@ -125,8 +121,7 @@ class PerformanceOptimizer:
 
     def _part(self, name: str) -> Any:
         with self._lock:
-            if self._state is _State.CLOSED:
-                raise ClosedError("this PerformanceOptimizer is closed; create a new one")
+            self._check_open()
             part = self._parts.get(name)
             if part is None:
                 part = self._adopt(name, self._build(name))
@@ -239,28 +234,25 @@ class PerformanceOptimizer:
         return self._blocking("tasks")
 
     def _blocking(self, name: str) -> Blocking:
-        if self._state is _State.OPEN and not self._on_portal:
+        if self._state is State.OPEN and not self._on_portal:
             raise LeadperfError(
                 f"this PerformanceOptimizer was opened with 'async with': use "
                 f"'await perf.{name}...' (the *_sync fronts are for 'with' blocks and scripts)"
             )
         return Blocking(self._raw(name), name)
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` (or leaving the context) has run."""
-        return self._state is _State.CLOSED
-
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def open(self) -> PerformanceOptimizer:
+    async def open(self) -> Self:
         """Open the cache, the scraper and the task queue; apply the profile's GC
-        thresholds; start system sampling and the memory guard when enabled."""
-        if self._state is _State.CLOSED:
-            raise ClosedError("this PerformanceOptimizer is closed; create a new one")
-        if self._state is _State.OPEN:
-            return self
-        self._state = _State.OPEN
+        thresholds; start system sampling and the memory guard when enabled.
+
+        Raises:
+            ClosedError: the optimizer was closed.
+        """
+        return await super().open()
+
+    async def _aopen(self) -> None:
         try:
             for name in ("cache", "scraper", "tasks"):
                 part = self._parts.get(name) or self._raw(name)
@@ -281,16 +273,17 @@ class PerformanceOptimizer:
             if s.memory.gc_freeze:
                 freeze_after_warmup()
         except BaseException:
-            await self.aclose()
+            # What opened is closed again, and a failed optimizer is not reopened.
+            self._state = State.CLOSED
+            await self._aclose()
             raise
-        return self
 
     async def aclose(self) -> None:
         """Close every part this optimizer built or was given; idempotent."""
+        await super().aclose()
+
+    async def _aclose(self) -> None:
         with self._lock:
-            if self._state is _State.CLOSED:
-                return
-            self._state = _State.CLOSED
             parts = dict(self._parts)
         errors: list[BaseException] = []
         tg, self._tg = self._tg, None
@@ -306,7 +299,7 @@ class PerformanceOptimizer:
             if part is None:
                 continue
             try:
-                await close_part(name, part, entered=name in self._entered)
+                await close_part(part, entered=name in self._entered)
             except Exception as exc:  # close the rest, then report the first failure
                 errors.append(exc)
             self.registry.unregister(name)
@@ -318,17 +311,6 @@ class PerformanceOptimizer:
             gc.set_threshold(*self._gc_before)  # still ours: give the host its own back
         if errors:
             raise errors[0]
-
-    async def __aenter__(self) -> PerformanceOptimizer:
-        return await self.open()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __enter__(self) -> PerformanceOptimizer:
         # Enter and exit in one task on the shared portal's loop: parts may hold task
@@ -482,8 +464,7 @@ class PerformanceOptimizer:
         ``resources``, ``tasks``, ``memory``, ``recommendations`` (list of dicts) and
         ``metrics`` (every registered source, flattened).
         """
-        if self._state is _State.CLOSED:
-            raise ClosedError("this PerformanceOptimizer is closed; create a new one")
+        self._check_open()
         recommendations = await self.recommendations()
         parts = dict(self._parts)
 
@@ -526,8 +507,7 @@ class PerformanceOptimizer:
         Raises:
             ConfigError: unknown profile (the message names the three).
         """
-        if self._state is _State.CLOSED:
-            raise ClosedError("this PerformanceOptimizer is closed; create a new one")
+        self._check_open()
         chosen = get_profile(profile)
         old = self.settings
         new = chosen.settings(old)

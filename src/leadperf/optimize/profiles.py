@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -140,28 +141,19 @@ async def _cache_live(part: Any, changed: Change) -> tuple[set[str], int]:
 
 
 async def shrink_memory_tiers(cache: Any) -> int:
-    """Bring in-process cache tiers within their (new) ``max_size``; return entries dropped.
+    """Bring in-process cache tiers within their (new) bounds with their own
+    :meth:`MemoryCache.trim` (least recently used entries go; the rest stay).
 
-    Uses the tier's own ``trim()`` when it has one; otherwise a tier over its bound is
-    emptied (an in-process tier refills from its remote or from the source, and an LRU
-    that evicts one entry per write would otherwise stay over the bound for good).
+    Args:
+        cache: any leadperf cache; a tiered cache's in-process tiers are trimmed.
+
+    Returns:
+        The number of entries evicted.
     """
+    from ..cache import MemoryCache
+
     tiers = [t for t in (getattr(cache, "local", None), getattr(cache, "remote", None)) if t]
-    dropped = 0
-    for tier in tiers or [cache]:
-        bound = getattr(tier, "max_size", None)
-        if getattr(tier, "scheme", "") != "memory" or not bound:
-            continue
-        size = tier.stats().size or 0
-        if size <= bound:
-            continue
-        trim = getattr(tier, "trim", None)
-        if callable(trim):
-            result = trim()
-            dropped += int(await result if hasattr(result, "__await__") else result or 0)
-        else:
-            dropped += int(await tier.clear())
-    return dropped
+    return sum(t.trim() for t in tiers or [cache] if isinstance(t, MemoryCache))
 
 
 async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings) -> dict[str, Any]:
@@ -188,7 +180,7 @@ async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings)
         apply = getattr(part, "apply_settings", None)
         if callable(apply):
             result = apply(new)
-            if hasattr(result, "__await__"):
+            if inspect.isawaitable(result):  # async on the database, sync on the scraper
                 result = await result
             if isinstance(result, list | tuple | set | frozenset):
                 live = set(result)

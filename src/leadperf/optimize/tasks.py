@@ -20,11 +20,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import anyio
 import attrs
 
+from .._core.lifecycle import AsyncResource, State
+from .._core.stats import percentile
+from .._core.validate import positive_int
 from ..errors import ClosedError, ConfigError, LeadperfError, TaskQueueFullError
 
 if TYPE_CHECKING:
@@ -134,7 +137,7 @@ def _default_retry() -> RetryPolicy:
     return RetryPolicy(retry_on=frozenset({ConnectionError, TimeoutError}))
 
 
-class TaskOptimizer:
+class TaskOptimizer(AsyncResource):
     """A bounded priority queue of async jobs run by ``workers`` tasks.
 
     Args:
@@ -163,15 +166,17 @@ class TaskOptimizer:
             from ..config import Settings
 
             settings = Settings.from_env()
-        self.workers = _positive("workers", settings.tasks.workers if workers is None else workers)
-        self.max_queued = _positive(
-            "max_queued", settings.tasks.max_queued if max_queued is None else max_queued
+        self.workers = positive_int(
+            settings.tasks.workers if workers is None else workers, "workers"
+        )
+        self.max_queued = positive_int(
+            settings.tasks.max_queued if max_queued is None else max_queued, "max_queued"
         )
         self._retry = retry
         self._weights = dict(_DEFAULT_WEIGHTS if weights is None else weights)
         for prio, weight in self._weights.items():
             _priority(prio)
-            _positive(f"weights[{prio}]", weight)
+            positive_int(weight, f"weights[{prio}]")
         self._queues: dict[int, deque[_Item]] = {}
         self._credit: dict[int, int] = {}
         self._queued = 0
@@ -182,11 +187,10 @@ class TaskOptimizer:
         self._cond: anyio.Condition | None = None
         self._tg: TaskGroup | None = None
         self._closing = False
-        self._closed = False
         self._seq = 0
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self._queued} queued, {self._running} running"
+        state = "closed" if self.closed else f"{self._queued} queued, {self._running} running"
         return f"<TaskOptimizer workers={self.workers} max_queued={self.max_queued} {state}>"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -194,18 +198,12 @@ class TaskOptimizer:
     @property
     def closed(self) -> bool:
         """True once the optimizer stopped accepting work."""
-        return self._closed or self._closing
+        return self._state is State.CLOSED or self._closing
 
-    async def __aenter__(self) -> TaskOptimizer:
-        if self._closed:
-            raise ClosedError("this TaskOptimizer is closed; create a new one")
-        if self._tg is not None:
+    async def __aenter__(self) -> Self:
+        if self._state is State.OPEN:
             raise LeadperfError("this TaskOptimizer is already open; enter it once")
-        self._cond = anyio.Condition()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        for i in range(self.workers):
-            self._tg.start_soon(self._worker, name=f"leadperf-task-worker-{i}")
+        await self.open()
         return self
 
     async def __aexit__(
@@ -214,23 +212,37 @@ class TaskOptimizer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tg, self._tg = self._tg, None
-        if tg is None:
-            return
-        if exc_type is None:
-            await self._stop(drain=True)
-        else:
+        if exc_type is not None and self._tg is not None:
             # The block failed: drop the queue and stop the workers without awaiting
             # anything here (this task sits inside the scope being cancelled).
             self._closing = True
             self._cancel_queued()
-            tg.cancel_scope.cancel()
+            self._tg.cancel_scope.cancel()
+        await self.aclose()
+
+    async def _aopen(self) -> None:
+        self._cond = anyio.Condition()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        for i in range(self.workers):
+            tg.start_soon(self._worker, name=f"leadperf-task-worker-{i}")
+
+    async def _aclose(self) -> None:
+        """Let the workers drain the queue (unless the block failed), then end them.
+
+        The task group is left here, so close from the task that opened the optimizer.
+        """
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        if not tg.cancel_scope.cancel_called:
+            await self._stop(drain=True)
         try:
             # The block's own error propagates as it is, never wrapped in a group.
             await tg.__aexit__(None, None, None)
         finally:
             self._cancel_queued()
-            self._closed = True
 
     async def _stop(self, *, drain: bool) -> None:
         assert self._cond is not None
@@ -261,7 +273,7 @@ class TaskOptimizer:
         name: str | None,
         retry: RetryPolicy | None,
     ) -> _Item:
-        if self._closed or self._closing or self._cond is None:
+        if self._state is not State.OPEN or self._closing or self._cond is None:
             raise ClosedError("this TaskOptimizer is not open; use 'async with TaskOptimizer()'")
         if not callable(func):
             raise ConfigError(f"func must be an async callable, got {func!r}", key="func")
@@ -433,8 +445,8 @@ class TaskOptimizer:
             retried=self._counts["retried"],
             rejected=self._counts["rejected"],
             cancelled=self._counts["cancelled"],
-            wait_p50_ms=round(_percentile(waits, 0.50), 3),
-            wait_p95_ms=round(_percentile(waits, 0.95), 3),
+            wait_p50_ms=round(percentile(waits, 0.50), 3),
+            wait_p95_ms=round(percentile(waits, 0.95), 3),
             queued_by_priority={str(p): len(q) for p, q in sorted(self._queues.items())},
             done_by_priority={str(p): n for p, n in sorted(self._done_by.items())},
             closed=self.closed,
@@ -443,20 +455,6 @@ class TaskOptimizer:
     def apply_settings(self, settings: Settings) -> None:
         """Adopt ``settings.tasks.max_queued`` live; ``workers`` applies on reopen."""
         self.max_queued = settings.tasks.max_queued
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (0.0 when empty)."""
-    if not ordered:
-        return 0.0
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: must be an integer > 0, got {value!r}", key=name)
-    return value
 
 
 def _priority(value: Any) -> int:
