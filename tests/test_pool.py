@@ -19,6 +19,7 @@ import anyio.to_thread
 import psutil
 import pytest
 
+from leadperf._chrome.isolation import FreshTabIsolation
 from leadperf._chrome.options import DISABLED_FEATURES, REQUIRED_FLAGS, SHARED_RENDERER_FLAGS
 from leadperf._chrome.ports import release_port, reserve_port
 from leadperf.errors import (
@@ -343,6 +344,28 @@ def test_tab_mode_clears_cookies_storage_and_cache(
     assert server.cookies_for("/seen/tab-c") == [None], "the server saw no cookie from task one"
     assert server.cookies_for("/seen/tab-d") == [None], "nor on the other origin"
     assert server.cookies_for("/cached/tab")[1:] == [None], "the HTTP cache was cleared"
+
+
+def test_fresh_tab_strategy_without_devtools_clears_the_last_task(
+    tab_pool: ChromePool, server: PageServer
+) -> None:
+    """The strategy used when a remote end exposes no DevTools endpoint, on its own."""
+    with tab_pool.session("fresh-1") as driver:
+        driver.get(server.url("/set/fresh-a"))
+        driver.get(server.url("/seen/fresh-a"))
+        assert driver.execute_script("return localStorage.getItem('who')") == "task-one"
+        driver.switch_to.new_window("tab")  # a second tab the task leaves open
+        driver.get(server.url("/seen/fresh-b"))
+        old_handles = set(driver.window_handles)
+        strategy = FreshTabIsolation(driver, None, op_timeout=15.0)
+        strategy.reset(clear=True)
+        assert strategy.handle == driver.current_window_handle
+        assert strategy.handle not in old_handles, "a new tab"
+        assert driver.window_handles == [strategy.handle], "every other tab closed"
+        driver.get(server.url("/seen/fresh-c"))
+        assert driver.execute_script("return localStorage.getItem('who')") is None
+    assert server.cookies_for("/seen/fresh-a") == ["tracker=task-one"], "the cookie was set"
+    assert server.cookies_for("/seen/fresh-c") == [None], "and cleared by the reset"
 
 
 def test_tab_mode_crash_is_replaced(tab_pool: ChromePool, server: PageServer) -> None:

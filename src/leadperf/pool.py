@@ -23,11 +23,9 @@ it was last used); the instances, their processes and isolation live in ``_chrom
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -42,7 +40,7 @@ import attrs
 
 from ._chrome.config import resolve
 from ._chrome.devtools import InstanceBroken
-from ._chrome.hostdeath import install_signal_handlers
+from ._chrome.hostdeath import forget, guard_until_closed
 from ._chrome.instance import ChromeInstance
 from ._chrome.options import DEFAULT_ISOLATION
 from ._chrome.stats import InstanceStats, PoolStats, instance_stats, percentile
@@ -176,8 +174,7 @@ class ChromePool:
             weakref.WeakKeyDictionary()
         )
         self._fallback_limiters: tuple[anyio.CapacityLimiter, ...] | None = None
-        _LIVE_POOLS.add(self)
-        install_signal_handlers(_kill_live_pools)
+        guard_until_closed(self)
 
     def __repr__(self) -> str:
         where = f"remote_url={mask_url(self.remote_url)!r}" if self.remote_url else "local"
@@ -396,15 +393,18 @@ class ChromePool:
             reaper.join()
         for slot in slots:
             slot.instance.close()
-        _LIVE_POOLS.discard(self)
+        forget(self)
 
     def _kill_now(self) -> None:
-        """Close from a signal handler: no locks (the interrupted code may hold them)."""
+        """Close from a signal handler: no locks (the interrupted code may hold them).
+
+        The pool is then closed; a later :meth:`close` has nothing left to do.
+        """
         self._closed = True
         self._stop.set()
         for slot in list(self._instances):
             slot.instance.kill_now()
-        _LIVE_POOLS.discard(self)
+        forget(self)
 
     async def aclose(self) -> None:
         """Async :meth:`close` (the blocking teardown runs in a worker thread)."""
@@ -624,29 +624,3 @@ def get_chrome_pool() -> ChromePool:
 
 _default_lock = threading.Lock()
 _default_pool: ChromePool | None = None
-_LIVE_POOLS: weakref.WeakSet[ChromePool] = weakref.WeakSet()
-
-
-def _forget_pools_after_fork() -> None:
-    # A forked child inherits the pool objects but not the browsers' ownership: its exit
-    # (atexit) or signals must not kill the parent's browsers.
-    _LIVE_POOLS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_after_fork)
-
-
-@atexit.register
-def _close_live_pools() -> None:
-    # Hosts that forget close() must not leave Chrome running after they exit.
-    for pool in list(_LIVE_POOLS):
-        with contextlib.suppress(Exception):
-            pool.close()
-
-
-def _kill_live_pools() -> None:
-    # SIGTERM/SIGHUP: the host is being stopped. Kill every browser now, without locks.
-    for pool in list(_LIVE_POOLS):
-        with contextlib.suppress(Exception):
-            pool._kill_now()

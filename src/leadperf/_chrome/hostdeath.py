@@ -19,6 +19,7 @@ Three layers, each covering what the one before cannot (Linux; elsewhere only th
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -28,12 +29,21 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["install_signal_handlers", "launch", "pdeathsig_preexec", "watchdog"]
+__all__ = [
+    "Guarded",
+    "forget",
+    "guard_until_closed",
+    "install_signal_handlers",
+    "launch",
+    "pdeathsig_preexec",
+    "watchdog",
+]
 
 _T = TypeVar("_T")
 _PR_SET_PDEATHSIG = 1
@@ -229,3 +239,50 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         # Die of the same signal, with the exit status a supervisor expects.
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+class Guarded(Protocol):
+    """What the guards need from a pool: a normal close and a lock-free kill."""
+
+    def close(self) -> None: ...
+
+    def _kill_now(self) -> None: ...
+
+
+_guarded: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def guard_until_closed(resource: Guarded) -> None:
+    """Close ``resource`` at exit, kill it on SIGTERM/SIGHUP, until :func:`forget`."""
+    _guarded.add(resource)
+    install_signal_handlers(_kill_guarded)
+
+
+def forget(resource: Guarded) -> None:
+    """``resource`` closed itself: the guards leave it alone."""
+    _guarded.discard(resource)
+
+
+@atexit.register
+def _close_guarded() -> None:
+    # Hosts that forget close() must not leave Chrome running after they exit.
+    for resource in list(_guarded):
+        with contextlib.suppress(Exception):
+            resource.close()
+
+
+def _kill_guarded() -> None:
+    # SIGTERM/SIGHUP: the host is being stopped. Kill every browser now, without locks.
+    for resource in list(_guarded):
+        with contextlib.suppress(Exception):
+            resource._kill_now()
+
+
+def _forget_guarded_after_fork() -> None:
+    # A forked child inherits the pool objects but not the browsers' ownership: its exit
+    # (atexit) or signals must not kill the parent's browsers.
+    _guarded.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_guarded_after_fork)
