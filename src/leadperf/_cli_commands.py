@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from ._core.stats import percentile
 from ._util import mask_url
 from .config import Settings
 from .errors import ConfigError, LeadperfError
@@ -42,11 +43,6 @@ def profiles(s: Settings, args: argparse.Namespace) -> int:
 
 
 # -- benchmark ------------------------------------------------------------------------------
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 class _Bar:
@@ -112,9 +108,9 @@ async def benchmark(perf: PerformanceOptimizer, args: argparse.Namespace) -> int
             {
                 "operation": kind,
                 "n": n,
-                "p50_ms": round(_percentile(ordered, 0.50), 4),
-                "p95_ms": round(_percentile(ordered, 0.95), 4),
-                "p99_ms": round(_percentile(ordered, 0.99), 4),
+                "p50_ms": round(percentile(ordered, 0.50), 4),
+                "p95_ms": round(percentile(ordered, 0.95), 4),
+                "p99_ms": round(percentile(ordered, 0.99), 4),
                 "ops_per_s": round(n / totals[kind], 1) if totals[kind] else None,
             }
         )

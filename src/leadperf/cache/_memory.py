@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import ConfigError
+from .._core.validate import positive_int
 from ._base import BaseCache, ValueTooLargeError, check_size, glob_to_regex
 
 if TYPE_CHECKING:
@@ -63,9 +63,9 @@ class MemoryCache(BaseCache):
             max_value_size=max_value_size,
             settings=settings,
         )
-        size = self._settings.cache.max_size if max_size is None else max_size
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"max_size: must be an integer > 0, got {size!r}", key="max_size")
+        size = positive_int(
+            self._settings.cache.max_size if max_size is None else max_size, "max_size"
+        )
         if max_bytes is None:
             max_bytes = self._settings.cache.max_bytes
         self.max_size = size

@@ -8,6 +8,7 @@ import sqlite3
 import time
 from typing import Any
 
+from .._core.validate import positive_int
 from ..errors import ConfigError
 from ._codec import SIGNED, Codec
 from ._postgres import PostgresCache
@@ -39,10 +40,7 @@ async def migrate_sqlite(
     Raises ConfigError for a missing file or table, CacheUnavailableError when
     PostgreSQL cannot be reached.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(
-            f"batch_size: must be an integer > 0, got {batch_size!r}", key="batch_size"
-        )
+    positive_int(batch_size, "batch_size")
     if not isinstance(postgres_cache, PostgresCache):
         raise ConfigError(
             f"postgres_cache: must be a PostgresCache, got {postgres_cache!r}", key="postgres_cache"

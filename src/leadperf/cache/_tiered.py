@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from .._core.lifecycle import AsyncResource
+from .._core.validate import non_negative_number
 from ..errors import CacheUnavailableError, ConfigError
 from ._base import MISSING, BaseCache, CacheStats
 
@@ -54,14 +55,7 @@ class TieredCache(AsyncResource):
         raise_errors: bool = False,
         settings: Settings | None = None,
     ) -> None:
-        if (
-            isinstance(retry_after, bool)
-            or not isinstance(retry_after, int | float)
-            or (retry_after < 0)
-        ):
-            raise ConfigError(
-                f"retry_after: must be seconds >= 0, got {retry_after!r}", key="retry_after"
-            )
+        retry_after = non_negative_number(retry_after, "retry_after")
         for name, value in (("local", local), ("remote", remote)):
             if value is not None and not isinstance(value, BaseCache):
                 raise ConfigError(
