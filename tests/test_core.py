@@ -47,6 +47,10 @@ from leadperf.cache import MemoryCache
 # -- lifecycle ------------------------------------------------------------------------------
 
 
+def _state_of(resource: AsyncResource) -> State:
+    return resource._state
+
+
 class _Conn(AsyncResource):
     def __init__(self, name: str) -> None:
         self.name = name
@@ -80,14 +84,17 @@ class _File(SyncResource):
 @pytest.mark.anyio
 async def test_async_resource_opens_once_closes_once_and_never_reopens() -> None:
     conn = _Conn("a")
-    assert conn._state is State.NEW and not conn.closed
+    assert _state_of(conn) is State.NEW
+    assert not conn.closed
     async with anyio.create_task_group() as tg:  # ten concurrent opens: one _aopen
         for _ in range(10):
             tg.start_soon(conn.open)
-    assert conn.opened == 1 and conn._state is State.OPEN
+    assert conn.opened == 1
+    assert _state_of(conn) is State.OPEN
     async with conn as entered:
         assert entered is conn
-    assert conn.closed and conn.closed_count == 1
+    assert conn.closed
+    assert conn.closed_count == 1
     await conn.aclose()
     await conn.aclose()
     assert conn.closed_count == 1  # idempotent
@@ -105,7 +112,9 @@ async def test_async_resource_opens_once_closes_once_and_never_reopens() -> None
 async def test_closing_a_never_opened_resource_runs_no_close_step() -> None:
     conn = _Conn("b")
     await conn.aclose()
-    assert conn.closed and conn.closed_count == 0 and conn.opened == 0
+    assert conn.closed
+    assert conn.closed_count == 0
+    assert conn.opened == 0
 
 
 @pytest.mark.anyio
@@ -125,8 +134,10 @@ async def test_close_during_open_releases_what_the_open_acquired() -> None:
         await anyio.wait_all_tasks_blocked()
         await conn.aclose()  # while _aopen waits on the gate
         conn.gate.set()
-    assert conn.opened == 1 and conn.closed_count == 1
-    assert len(failures) == 1 and conn.closed
+    assert conn.opened == 1
+    assert conn.closed_count == 1
+    assert len(failures) == 1
+    assert conn.closed
 
 
 @pytest.mark.anyio
@@ -140,9 +151,11 @@ async def test_sync_resource_and_the_one_close_interface() -> None:
         pass
     g = _File()
     g.open()
-    assert isinstance(g, Closeable) and isinstance(_Conn("d"), Closeable)
+    assert isinstance(g, Closeable)
+    assert isinstance(_Conn("d"), Closeable)
     await aclose_resource(g)
-    assert g.closed and g.log == ["open", "close"]
+    assert g.closed
+    assert g.log == ["open", "close"]
     with pytest.raises(TypeError, match="has no aclose"):
         await aclose_resource(object())
 
@@ -211,10 +224,10 @@ def test_validators_as_attrs_validators_name_the_field() -> None:
         quality: int = attrs.field(default=80, validator=as_attrs(int_in_range, 1, 100))
 
     assert Limits(3).size == 3
-    with pytest.raises(ConfigError, match="^size: must be an integer > 0") as info:
+    with pytest.raises(ConfigError, match=r"^size: must be an integer > 0") as info:
         Limits(0)
     assert info.value.key == "size"
-    with pytest.raises(ConfigError, match="^quality:"):
+    with pytest.raises(ConfigError, match=r"^quality:"):
         Limits(3, quality=0)
 
 
@@ -238,9 +251,10 @@ def test_lazy_exports_load_on_first_access_and_publish_the_public_path() -> None
     assert "MemoryCache" in dir_()
     assert "MemoryCache" not in namespace
     cls = getattr_("MemoryCache")
-    assert cls is MemoryCache and namespace["MemoryCache"] is cls  # cached
+    assert cls is MemoryCache
+    assert namespace["MemoryCache"] is cls
     assert cls.__module__ == "leadperf.cache"
-    with pytest.raises(AttributeError, match="'leadperf.cache' has no attribute 'Nope'"):
+    with pytest.raises(AttributeError, match=r"'leadperf\.cache' has no attribute 'Nope'"):
         getattr_("Nope")
 
 
@@ -262,11 +276,13 @@ def test_moved_errors_keep_their_old_import_paths() -> None:
     from leadperf.optimize import TaskQueueFullError as FromOptimize
     from leadperf.optimize.tasks import TaskQueueFullError as FromTasks
 
-    assert FromCache is ValueTooLargeError and issubclass(ValueTooLargeError, SerializationError)
+    assert FromCache is ValueTooLargeError
+    assert issubclass(ValueTooLargeError, SerializationError)
     assert FromOptimize is FromTasks is TaskQueueFullError
     assert issubclass(TaskQueueFullError, LeadperfError)
     err = RowValueError("bad", row=3, column="score")
-    assert isinstance(err, ConfigError) and (err.row, err.column, err.key) == (3, "score", "rows")
+    assert isinstance(err, ConfigError)
+    assert (err.row, err.column, err.key) == (3, "score", "rows")
 
 
 # -- MemoryCache.trim ------------------------------------------------------------------------
@@ -281,7 +297,8 @@ async def test_memory_cache_trim_evicts_least_recently_used_down_to_the_bounds()
     cache.max_size = 40
     assert cache.trim() == 60
     stats = cache.stats()
-    assert stats.size == 40 and stats.evictions == 60
+    assert stats.size == 40
+    assert stats.evictions == 60
     assert await cache.get("k0") == 0  # touched last: kept
     assert await cache.get("k1") is None  # least recently used: gone
     assert await cache.get("k99") == 99
@@ -289,7 +306,8 @@ async def test_memory_cache_trim_evicts_least_recently_used_down_to_the_bounds()
     # The byte bound too: halve it and the bytes held fall under it.
     cache.max_bytes = max(1, cache.size_bytes // 2)
     dropped = cache.trim()
-    assert dropped > 0 and cache.size_bytes <= cache.max_bytes
+    assert dropped > 0
+    assert cache.size_bytes <= cache.max_bytes
     await cache.close()
     with pytest.raises(ClosedError):
         cache.trim()
@@ -306,7 +324,8 @@ async def test_memory_cache_trim_does_not_count_expired_entries_as_evictions() -
             await anyio.sleep(0.02)
     cache.max_size = 3
     assert cache.trim() == 2
-    assert cache.stats().size == 3 and cache.stats().evictions == 2
+    assert cache.stats().size == 3
+    assert cache.stats().evictions == 2
 
 
 # -- DatabaseOptimizer.apply_settings -------------------------------------------------------
@@ -368,7 +387,8 @@ async def test_facade_reports_the_database_fields_taken_live(
         before = perf.database.stats().pool_max
         report = await perf.apply_optimizations("performance_focused")
         db = report["parts"]["database"]
-        assert "pool_size" in db["live"] and "database" in report["applied_live"]
+        assert "pool_size" in db["live"]
+        assert "database" in report["applied_live"]
         new = perf.settings.database
         assert perf.database.stats().pool_max == new.pool_size + new.max_overflow != before
 

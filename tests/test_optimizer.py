@@ -279,7 +279,8 @@ async def test_memory_guard_applies_memory_focused_and_trims(
         stats = perf.memory.stats()
         size_after = perf.cache.stats().size
         evicted = perf.cache.stats().evictions
-        assert size_after == 2000 and evicted == 3000
+        assert size_after == 2000
+        assert evicted == 3000
         assert await perf.cache.get("lead:4999") == {"i": 4999}  # the most recent stay
         assert perf.settings.profile == "memory_focused"
         assert gc.get_threshold() == PROFILES["memory_focused"].gc_thresholds
