@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._core.lazy import lazy_exports
+from ._core.lazy import lazy_exports as _lazy_exports
 from .config import Settings
 from .errors import (
     BrowserCrashedError,
@@ -103,4 +103,4 @@ _LAZY: dict[str, str] = {
     "get_performance_optimizer": ".optimize",
 }
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)

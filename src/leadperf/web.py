@@ -29,7 +29,20 @@ from pydantic import BaseModel  # noqa: E402
 if TYPE_CHECKING:
     from .optimize.optimizer import PerformanceOptimizer
 
-__all__ = ["create_router"]
+# The response models are the REST API's documented shapes (its OpenAPI schemas).
+__all__ = [
+    "BackendCheck",
+    "CacheStatsResponse",
+    "ClearResponse",
+    "HealthResponse",
+    "MemoryStatus",
+    "OptimizeResponse",
+    "PartChanges",
+    "ProcessStatus",
+    "RecommendationModel",
+    "StatusResponse",
+    "create_router",
+]
 
 log = logging.getLogger("leadperf.web")
 _MIN_TOKEN = 16

@@ -16,18 +16,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .._core.lazy import lazy_exports, publish
-from .._util import mask_url
-from ..errors import ConfigError, ValueTooLargeError
-from ._base import (
-    MAX_KEY_LENGTH,
-    BaseCache,
-    Cache,
-    CacheStats,
-    backend_for,
-    known_schemes,
-    register_backend,
-)
+from .._core.lazy import lazy_exports as _lazy_exports
+from .._core.lazy import publish as _publish
+from .._util import mask_url as _mask_url
+from ..errors import ConfigError as _ConfigError
+from ..errors import ValueTooLargeError
+from ._base import MAX_KEY_LENGTH, Cache, CacheStats
+from ._base import BaseCache as _BaseCache
+from ._base import backend_for as _backend_for
+from ._base import known_schemes as _known_schemes
+from ._base import register_backend as _register_backend
 from ._codec import Codec
 from ._decorator import cached
 from ._memory import MemoryCache
@@ -73,9 +71,9 @@ for _scheme, _path in {
     "postgresql": "leadperf.cache._postgres:PostgresCache",
     "postgres": "leadperf.cache._postgres:PostgresCache",
 }.items():
-    register_backend(_scheme, _path)
+    _register_backend(_scheme, _path)
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
 
 
 _INT_OPTIONS = {
@@ -109,13 +107,13 @@ def _query_options(query: str) -> dict[str, Any]:
                 options[name] = raw
             else:
                 known = ", ".join(sorted(_INT_OPTIONS | _FLOAT_OPTIONS | {"table"}))
-                raise ConfigError(f"url: unknown option {name!r}; known: {known}", key="url")
+                raise _ConfigError(f"url: unknown option {name!r}; known: {known}", key="url")
         except ValueError:
-            raise ConfigError(f"url: option {name}={raw!r} is not a number", key="url") from None
+            raise _ConfigError(f"url: option {name}={raw!r} is not a number", key="url") from None
     return options
 
 
-def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> BaseCache:
+def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> _BaseCache:
     """Build the cache ``url`` names: ``memory://``, ``sqlite:///path.db``, ``redis://``,
     ``rediss://``, ``postgresql://`` (or ``postgres://``).
 
@@ -126,18 +124,18 @@ def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> BaseCa
     PostgreSQL URLs pass their query to the driver. Unknown scheme: ConfigError.
     """
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(
+        raise _ConfigError(
             f"url: expected a cache URL like memory://, sqlite:///cache.db, "
             f"redis://host:6379/0 or postgresql://host/db, got {url!r}",
             key="url",
         )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    target = backend_for(scheme)
+    target = _backend_for(scheme)
     if target is None:
-        raise ConfigError(
-            f"url: unknown cache scheme {scheme!r} in {mask_url(url)!r}; use one of "
-            f"{', '.join(s + '://' for s in known_schemes())}",
+        raise _ConfigError(
+            f"url: unknown cache scheme {scheme!r} in {_mask_url(url)!r}; use one of "
+            f"{', '.join(s + '://' for s in _known_schemes())}",
             key="url",
         )
     module_name, _, class_name = target.partition(":")
@@ -153,7 +151,7 @@ def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> BaseCa
     return cls(url, namespace=namespace, **options)  # type: ignore[no-any-return]
 
 
-def from_settings(settings: Settings | None = None) -> BaseCache | TieredCache:
+def from_settings(settings: Settings | None = None) -> _BaseCache | TieredCache:
     """Build the cache ``settings.cache`` describes (``Settings.from_env()`` when None).
 
     ``cache.url`` when set; else a TieredCache(MemoryCache, RedisCache) when
@@ -185,4 +183,4 @@ for _name in (
     "TieredCache",
     "cached",
 ):
-    publish(__name__, globals()[_name])
+    _publish(__name__, globals()[_name])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._core.lazy import lazy_exports
+from .._core.lazy import lazy_exports as _lazy_exports
 
 if TYPE_CHECKING:
     from .archive import Archiver
@@ -55,4 +55,4 @@ _LAZY: dict[str, str] = {
     "TaskStats": ".tasks",
 }
 
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
