@@ -57,7 +57,10 @@ class OwnRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] * cluster
+        extra: list[str] = []
+        if cluster:  # the bus port, given explicitly: port + 10000 may be taken or past 65535
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            extra += ["--cluster-port", str(free_port())]
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
         self.proc = subprocess.Popen(
             [*args, *_QUIET, *extra],

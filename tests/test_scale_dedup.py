@@ -111,7 +111,7 @@ async def test_concurrent_workers_get_each_url_once(dedup: DedupSet, unique_name
             await store.close()
     won = [u for part in results for u in part]
     assert sorted(won) == sorted(urls)  # every URL to exactly one worker
-    assert all(results), "every worker won some"
+    assert sum(1 for part in results if part) >= 2, "the workers really raced"
 
 
 def _redis_url(store: DedupSet) -> str:
