@@ -34,6 +34,7 @@ import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from .._core.validate import non_negative_int, positive_int
 from .._util import require
 from ..errors import ConfigError, SerializationError, ValueTooLargeError
 
@@ -137,21 +138,10 @@ class Codec:
                 f"compression: must be one of {', '.join(_COMPRESSIONS)}, got {compression!r}",
                 key="compression",
             )
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
-            raise ConfigError(
-                f"threshold: must be an integer >= 0 (bytes), got {threshold!r}", key="threshold"
-            )
+        non_negative_int(threshold, "threshold")
         if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
             raise ConfigError(f"level: must be an integer, got {level!r}", key="level")
-        if (
-            isinstance(max_decoded_size, bool)
-            or not isinstance(max_decoded_size, int)
-            or max_decoded_size < 1
-        ):
-            raise ConfigError(
-                f"max_decoded_size: must be an integer > 0 (bytes), got {max_decoded_size!r}",
-                key="max_decoded_size",
-            )
+        positive_int(max_decoded_size, "max_decoded_size")
         self._keys = _sign_keys(sign_key)
         self._allow_pickle = allow_pickle or serializer == "pickle"
         if self._allow_pickle and not self._keys:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .._core.redact import mask_dsn, secrets_of
+from .._core.validate import non_negative_int
 from .._util import require
 from ..errors import CacheUnavailableError, ConfigError
 from ._base import BaseCache, State
@@ -145,8 +146,7 @@ class PostgresCache(BaseCache):
                 )
         lo = cs.pool_min_size if min_size is None else min_size
         hi = cs.pool_max_size if max_size is None else max_size
-        if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0:
-            raise ConfigError(f"min_size: must be an integer >= 0, got {lo!r}", key="min_size")
+        non_negative_int(lo, "min_size")
         if isinstance(hi, bool) or not isinstance(hi, int) or hi < max(lo, 1):
             raise ConfigError(
                 f"max_size: must be an integer >= max(min_size, 1), got {hi!r}", key="max_size"

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .._core.redact import secrets_of
+from .._core.validate import positive_int, positive_number
 from .._util import mask_url, require
 from ..errors import ClosedError, ConfigError
 from ._base import BaseCache
@@ -92,17 +93,8 @@ class RedisCache(BaseCache):
                 key="url",
             )
         for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{name}: must be seconds > 0, got {value!r}", key=name)
-        if (
-            isinstance(max_connections, bool)
-            or not isinstance(max_connections, int)
-            or (max_connections < 1)
-        ):
-            raise ConfigError(
-                f"max_connections: must be an integer > 0, got {max_connections!r}",
-                key="max_connections",
-            )
+            positive_number(value, name, finite=False)
+        positive_int(max_connections, "max_connections")
         self.url = url
         self._secrets = secrets_of(url)
         self.connect_timeout = float(connect_timeout)

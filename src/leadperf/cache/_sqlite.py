@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 
+from .._core.validate import non_negative_number
 from ..errors import CacheUnavailableError, ConfigError
 from ._base import BaseCache
 from ._expiry import ExpiryJob, check_interval
@@ -109,14 +110,7 @@ class SqliteCache(BaseCache):
             raise ConfigError(f"path: must be a file path, got {path!r}", key="path")
         if not isinstance(table, str) or not table or "\x00" in table:
             raise ConfigError(f"table: must be a non-empty name, got {table!r}", key="table")
-        if (
-            isinstance(busy_timeout, bool)
-            or not isinstance(busy_timeout, int | float)
-            or (busy_timeout < 0)
-        ):
-            raise ConfigError(
-                f"busy_timeout: must be seconds >= 0, got {busy_timeout!r}", key="busy_timeout"
-            )
+        non_negative_number(busy_timeout, "busy_timeout", finite=False)
         self.path = Path(path)
         self.table = table
         self.busy_timeout = float(busy_timeout)

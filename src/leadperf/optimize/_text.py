@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import brotli
 
 from .._core.lifecycle import SyncResource
+from .._core.validate import positive_int
 from ..errors import CompressionError, ConfigError
 
 __all__ = [
@@ -276,15 +277,7 @@ class StreamDecompressor(_StreamBase):
         self, algorithm: str = "deflate", max_message_size: int = 64 * 1024 * 1024
     ) -> None:
         super().__init__(algorithm)
-        if (
-            not isinstance(max_message_size, int)
-            or isinstance(max_message_size, bool)
-            or max_message_size <= 0
-        ):
-            raise ConfigError(
-                f"max_message_size: must be an integer > 0, got {max_message_size!r}",
-                key="max_message_size",
-            )
+        positive_int(max_message_size, "max_message_size")
         self.max_message_size = max_message_size
         self._br: Any = brotli.Decompressor() if self.algorithm == "br" else None
         self._z: Any = zlib.decompressobj(-15) if self.algorithm == "deflate" else None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._core.redact import mask_dsn, mask_text, secrets_of
+from .._core.validate import non_negative_int
 from .._portal import run_sync
 from .._util import require
 from ..errors import ConfigError, DatabaseError, DatabaseUnavailableError
@@ -346,8 +347,7 @@ class Archiver:
         ``now`` (default: the current UTC time) is for back-filling and tests. Returns the
         names created by this call (empty when all existed).
         """
-        if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
-            raise ConfigError(f"ahead must be an integer >= 0, got {ahead!r}", key="ahead")
+        non_negative_int(ahead, "ahead")
         start = period_start(utc(now or dt.datetime.now(dt.UTC), "now"), self._interval)
         created: list[str] = []
         async with self._connect() as conn:

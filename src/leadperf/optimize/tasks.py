@@ -27,7 +27,7 @@ import attrs
 
 from .._core.lifecycle import AsyncResource, State
 from .._core.stats import percentile
-from .._core.validate import positive_int
+from .._core.validate import non_negative_int, positive_int
 from ..errors import ClosedError, ConfigError, LeadperfError, TaskQueueFullError
 
 if TYPE_CHECKING:
@@ -458,9 +458,5 @@ class TaskOptimizer(AsyncResource):
 
 
 def _priority(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"priority: must be an integer >= 0 (0 = HIGH, 1 = NORMAL, 2 = LOW), got {value!r}",
-            key="priority",
-        )
-    return value
+    # 0 = HIGH, 1 = NORMAL, 2 = LOW; larger numbers are lower priorities still.
+    return non_negative_int(value, "priority")
