@@ -114,14 +114,24 @@ def _query_options(query: str) -> dict[str, Any]:
 
 
 def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> _BaseCache:
-    """Build the cache ``url`` names: ``memory://``, ``sqlite:///path.db``, ``redis://``,
-    ``rediss://``, ``postgresql://`` (or ``postgres://``).
+    """Build the cache ``url`` names.
 
-    ``options`` go to the backend's constructor (``default_ttl``, ``codec``,
-    ``raise_errors``, ``settings``, ``max_size``, ``max_bytes``, ``max_value_size`` ...).
-    ``memory://`` and ``sqlite://`` URLs also take them as query parameters
-    (``memory://?max_size=100``); Redis and
-    PostgreSQL URLs pass their query to the driver. Unknown scheme: ConfigError.
+    Args:
+        url: ``memory://``, ``sqlite:///path.db``, ``redis://``, ``rediss://``, ``unix://``,
+            ``postgresql://`` (or ``postgres://``). ``memory://`` and ``sqlite://`` URLs take
+            options as query parameters (``memory://?max_size=100``); Redis and PostgreSQL
+            URLs pass their query to the driver.
+        namespace: the key namespace (a prefix on shared stores).
+        **options: the backend constructor's keyword arguments (``default_ttl``, ``codec``,
+            ``raise_errors``, ``settings``, ``max_size``, ``max_bytes``, ``max_value_size``...).
+
+    Returns:
+        The backend, not yet connected (it connects on first use or ``open()``).
+
+    Raises:
+        ConfigError: not a URL, an unknown scheme or option (the message lists the known
+            ones), or a bad option value.
+        MissingDependencyError: the backend's optional extra is not installed.
     """
     if not isinstance(url, str) or "://" not in url:
         raise _ConfigError(
@@ -152,11 +162,21 @@ def from_url(url: str, *, namespace: str = "leadperf", **options: Any) -> _BaseC
 
 
 def from_settings(settings: Settings | None = None) -> _BaseCache | TieredCache:
-    """Build the cache ``settings.cache`` describes (``Settings.from_env()`` when None).
+    """Build the cache ``settings.cache`` describes.
 
     ``cache.url`` when set; else a TieredCache(MemoryCache, RedisCache) when
     ``redis_enabled`` and ``redis_url`` are set; else a MemoryCache of ``max_size``.
     Default TTL, compression and threshold come from ``settings.cache``.
+
+    Args:
+        settings: the settings (``Settings.from_env()`` when None).
+
+    Returns:
+        The cache, not yet connected.
+
+    Raises:
+        ConfigError: a bad cache URL or setting.
+        MissingDependencyError: the backend's optional extra is not installed.
     """
     if settings is None:
         from ..config import Settings

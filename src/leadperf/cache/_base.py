@@ -216,6 +216,9 @@ class BaseCache(AsyncResource):
     async def open(self) -> Self:
         """Connect now (otherwise the first operation does); idempotent.
 
+        Returns:
+            The cache itself.
+
         Raises:
             CacheUnavailableError: the server cannot be reached.
             ClosedError: the cache was closed.
@@ -324,8 +327,19 @@ class BaseCache(AsyncResource):
     async def get(self, key: str, default: Any = None) -> Any:
         """Return the value under ``key``, or ``default`` when absent, expired or unreachable.
 
-        Raises CacheKeyError for a bad key, ClosedError after close, and
-        CacheUnavailableError/SerializationError only with ``raise_errors=True``.
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            default: what to return when there is no live value.
+
+        Returns:
+            The stored value, or ``default``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+            SerializationError: a corrupt or forged entry, with ``raise_errors=True`` only.
         """
         k = self._key(key)
         try:
@@ -347,7 +361,20 @@ class BaseCache(AsyncResource):
         return value
 
     async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
-        """Return ``(value, seconds left or None)`` for a live entry, else None."""
+        """Return ``(value, seconds left or None)`` for a live entry, else None.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            ``(value, remaining TTL in seconds)``; None when absent, expired or unreachable.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         k = self._key(key)
         try:
             if self._state is not State.OPEN:
@@ -370,8 +397,19 @@ class BaseCache(AsyncResource):
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: ``default_ttl``).
 
-        Raises CacheKeyError, ConfigError (bad ttl) or SerializationError before anything
-        is written; a server failure counts an error (raises with ``raise_errors=True``).
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            value: anything the codec encodes.
+            ttl: seconds > 0, or None for the cache's ``default_ttl``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ConfigError: a bad ``ttl``.
+            SerializationError: a value the codec refuses, or over ``max_value_size``
+                (:class:`ValueTooLargeError`); raised before anything is written.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
         """
         k = self._key(key)
         seconds = self._ttl(ttl)
@@ -386,7 +424,23 @@ class BaseCache(AsyncResource):
         self._sets += 1
 
     async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
-        """Store ``value`` only when ``key`` holds no live entry; True when stored."""
+        """Store ``value`` only when ``key`` holds no live entry.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            value: anything the codec encodes.
+            ttl: seconds > 0, or None for ``default_ttl``.
+
+        Returns:
+            True when stored; False when a live entry was there (or the server failed).
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            SerializationError: a value the codec refuses.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         k = self._key(key)
         seconds = self._ttl(ttl)
         stored = self._dump(value, k)
@@ -402,7 +456,20 @@ class BaseCache(AsyncResource):
         return added
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; True when a live entry was removed."""
+        """Remove ``key``.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            True when a live entry was removed.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         k = self._key(key)
         try:
             if self._state is not State.OPEN:
@@ -416,7 +483,20 @@ class BaseCache(AsyncResource):
         return deleted
 
     async def exists(self, key: str) -> bool:
-        """True when ``key`` holds a live entry (counts neither hit nor miss)."""
+        """Whether ``key`` holds a live entry (counts neither hit nor miss).
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            True for a live entry.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         k = self._key(key)
         try:
             if self._state is not State.OPEN:
@@ -427,7 +507,20 @@ class BaseCache(AsyncResource):
             return False
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Return ``{key: value}`` for the live keys among ``keys``, in one round trip."""
+        """Return the live values among ``keys``, in one round trip.
+
+        Args:
+            keys: cache keys (each as for :meth:`get`).
+
+        Returns:
+            ``{key: value}`` for the live keys; absent or expired keys are left out.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         wanted = list(dict.fromkeys(keys))
         stored_keys = [self._key(k) for k in wanted]
         if not wanted:
@@ -452,7 +545,20 @@ class BaseCache(AsyncResource):
         return result
 
     async def get_many_with_ttl(self, keys: Sequence[str]) -> dict[str, tuple[Any, float | None]]:
-        """Like :meth:`get_many`, with each live entry's seconds left (None: no expiry)."""
+        """Like :meth:`get_many`, with each live entry's seconds left.
+
+        Args:
+            keys: cache keys.
+
+        Returns:
+            ``{key: (value, seconds left or None)}`` for the live keys.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         wanted = list(dict.fromkeys(keys))
         stored_keys = [self._key(k) for k in wanted]
         if not wanted:
@@ -476,7 +582,21 @@ class BaseCache(AsyncResource):
         return result
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
-        """Store every item of ``mapping`` for ``ttl`` seconds; all encoded before any write."""
+        """Store every item of ``mapping`` for ``ttl`` seconds; all are encoded before
+        any write, so a refused value leaves the cache untouched.
+
+        Args:
+            mapping: ``{key: value}``.
+            ttl: seconds > 0, or None for ``default_ttl``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ConfigError: a bad ``ttl``.
+            SerializationError: a value the codec refuses or over ``max_value_size``.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
+        """
         seconds = self._ttl(ttl)
         items = []
         for key, value in mapping.items():
@@ -494,10 +614,22 @@ class BaseCache(AsyncResource):
         self._sets += len(items)
 
     async def clear(self, pattern: str | None = None) -> int:
-        """Remove entries whose key matches glob ``pattern`` (all when None); return count.
+        """Remove the entries of this namespace whose key matches glob ``pattern``.
 
         Only this cache's namespace is touched. In ``pattern``, ``*`` matches any run of
         characters and ``?`` one character; every other character is literal.
+
+        Args:
+            pattern: a glob over keys, or None for every key of the namespace.
+
+        Returns:
+            How many live entries were removed (0 when the server failed).
+
+        Raises:
+            CacheKeyError: a bad pattern (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the server failed, with ``raise_errors=True`` only (else
+                the failure is counted in ``stats().errors`` and the call acts as a miss).
         """
         if pattern is not None:
             check_pattern(pattern)
@@ -512,7 +644,11 @@ class BaseCache(AsyncResource):
         return removed
 
     def stats(self) -> CacheStats:
-        """Return a frozen snapshot of this cache's counters."""
+        """Return a frozen snapshot of this cache's counters.
+
+        Returns:
+            A :class:`CacheStats`; ``size`` is None where the backend cannot count cheaply.
+        """
         lookups = self._hits + self._misses
         return CacheStats(
             backend=self.scheme,

@@ -173,7 +173,15 @@ class Codec:
     def from_settings(cls, settings: Settings) -> Codec:
         """Build the codec ``settings.cache`` describes (compression, threshold, sign keys).
 
-        ``cache.sign_key`` may hold several comma-separated keys: the first signs.
+        Args:
+            settings: ``cache.sign_key`` may hold several comma-separated keys: the first signs,
+                every one verifies.
+
+        Returns:
+            A new :class:`Codec`.
+
+        Raises:
+            ConfigError: a setting the codec refuses.
         """
         cs = settings.cache
         raw = cs.sign_key
@@ -197,7 +205,14 @@ class Codec:
     def serialize(self, value: Any) -> tuple[int, bytes]:
         """Return ``(format, payload)`` for ``value`` without compressing it.
 
-        Raises SerializationError for a value the serializer cannot represent.
+        Args:
+            value: the value to serialize.
+
+        Returns:
+            The format byte and the serialized payload.
+
+        Raises:
+            SerializationError: a value the serializer cannot represent.
         """
         if type(value) is bytes:
             return FMT_BYTES, value
@@ -227,9 +242,17 @@ class Codec:
     def encode(self, value: Any, key: str = "") -> bytes:
         """Encode ``value`` to header byte (+ tag) + payload, compressed above the threshold.
 
-        ``key`` is the stored key; a signing codec binds the tag to it, so an entry copied
-        under another key does not verify. Raises SerializationError for a value the
-        serializer cannot represent or one larger than ``max_decoded_size``.
+        Args:
+            value: the value to encode.
+            key: the stored key; a signing codec binds the tag to it, so an entry copied
+                under another key does not verify.
+
+        Returns:
+            The stored bytes.
+
+        Raises:
+            SerializationError: a value the serializer cannot represent, or one larger than
+                ``max_decoded_size`` (:class:`ValueTooLargeError`).
         """
         fmt, payload = self.serialize(value)
         if len(payload) > self.max_decoded_size:
@@ -259,10 +282,20 @@ class Codec:
     # -- decoding -------------------------------------------------------------------------
 
     def decode(self, data: bytes, key: str = "") -> Any:
-        """Decode what any codec setting wrote under ``key``; SerializationError otherwise.
+        """Decode what any codec setting wrote under ``key``.
 
         A signing codec refuses unsigned entries and entries whose tag none of its keys
         verifies; payloads decoding to more than ``max_decoded_size`` are refused.
+
+        Args:
+            data: the stored bytes.
+            key: the stored key they were written under.
+
+        Returns:
+            The value.
+
+        Raises:
+            SerializationError: corrupt, truncated, forged, unsigned (when signing) or too large.
         """
         if not data:
             raise SerializationError("stored entry is empty; it was not written by leadperf")
@@ -336,7 +369,14 @@ class Codec:
 
     @staticmethod
     def is_encoded(data: bytes) -> bool:
-        """True when ``data`` starts with a header byte this version understands."""
+        """Whether ``data`` starts with a header byte this version understands.
+
+        Args:
+            data: stored bytes.
+
+        Returns:
+            True for a leadperf codec header.
+        """
         if not data:
             return False
         fmt, comp = data[0] & 0x0F, (data[0] & 0x7F) >> 4

@@ -46,15 +46,25 @@ def cached(
     ttl: float | None = None,
     key: str | Callable[..., str] | None = None,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """Cache an async function's results in ``cache`` for ``ttl`` seconds (None: default).
+    """Cache an async function's results in ``cache``.
 
-    ``key`` is a format string over the bound arguments (``"user:{user_id}"``), a callable
-    taking the function's arguments and returning the key, or None for
-    ``"<module>.<qualname>:<repr of args>"`` (hashed when long). Single-flight: while one
-    call computes a missing key, concurrent calls with that key in this process wait for
-    its result (or its exception) instead of computing again. ``None`` results are cached;
-    a result too large for the cache (ValueTooLargeError) is returned uncached, with a
-    warning on the ``leadperf.cache`` logger.
+    Single-flight: while one call computes a missing key, concurrent calls with that key in
+    this process wait for its result (or its exception) instead of computing again.
+    ``None`` results are cached; a result too large for the cache (ValueTooLargeError) is
+    returned uncached, with a warning on the ``leadperf.cache`` logger.
+
+    Args:
+        cache: any leadperf cache.
+        ttl: seconds > 0, or None for the cache's default TTL.
+        key: a format string over the bound arguments (``"user:{user_id}"``), a callable
+            taking the function's arguments and returning the key, or None for
+            ``"<module>.<qualname>:<repr of args>"`` (hashed when long).
+
+    Returns:
+        A decorator for ``async def`` functions.
+
+    Raises:
+        ConfigError: a bad ``ttl`` or ``key`` (at decoration time).
     """
     if ttl is not None:
         check_ttl(ttl)

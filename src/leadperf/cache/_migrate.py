@@ -28,17 +28,29 @@ async def migrate_sqlite(
     batch_size: int = 1000,
     add_namespace: bool = False,
 ) -> int:
-    """Copy the live rows of SQLite ``table`` into ``postgres_cache``; return rows copied.
+    """Copy the live rows of SQLite ``table`` into ``postgres_cache``.
 
     Expected layout (what :class:`SqliteCache` writes): columns ``key`` (TEXT),
     ``value`` (BLOB written by the leadperf codec, or TEXT holding JSON) and
     ``expires_at`` (REAL Unix seconds, NULL for no expiry). Rows already expired are
-    skipped; rows whose value cannot be read are skipped too. Keys are copied as stored
-    (a SqliteCache's ``"<namespace>:"`` prefix carries over); with ``add_namespace=True``
-    each key gets ``postgres_cache``'s namespace prefix (for tables of bare keys).
-    Rows are upserted in batches of ``batch_size``, so running it twice is harmless.
-    Raises ConfigError for a missing file or table, CacheUnavailableError when
-    PostgreSQL cannot be reached.
+    skipped; rows whose value cannot be read are skipped too. Rows are upserted in
+    batches, so running it twice is harmless.
+
+    Args:
+        sqlite_path: the SQLite file (opened read-only).
+        postgres_cache: the destination cache.
+        table: the SQLite table to read.
+        batch_size: rows per upsert (> 0).
+        add_namespace: prefix each key with ``postgres_cache``'s namespace (for tables
+            of bare keys); otherwise keys are copied as stored (a SqliteCache's
+            ``"<namespace>:"`` prefix carries over).
+
+    Returns:
+        The number of rows copied.
+
+    Raises:
+        ConfigError: a bad argument, a missing file, or a table without those columns.
+        CacheUnavailableError: PostgreSQL cannot be reached.
     """
     positive_int(batch_size, "batch_size")
     if not isinstance(postgres_cache, PostgresCache):

@@ -428,11 +428,20 @@ class PostgresCache(BaseCache):
         return self._expiry
 
     async def cleanup(self, retention: float | timedelta | None = None) -> int:
-        """Delete expired rows and rows not written for ``retention`` (default: 30 days).
+        """Delete expired rows and rows not written for ``retention``.
 
-        Covers the whole table (every namespace), in batches. Returns the number of rows
-        deleted, or 0 when another process is running the cleanup of this table right now.
-        Raises CacheUnavailableError when the server cannot be reached.
+        Covers the whole table (every namespace), in batches; one runner per table across
+        processes (an advisory lock).
+
+        Args:
+            retention: seconds or a timedelta (default: the cache's ``retention``, 30 days).
+
+        Returns:
+            The number of rows deleted, or 0 when another process is cleaning this table now.
+
+        Raises:
+            ConfigError: a bad ``retention``.
+            CacheUnavailableError: the server cannot be reached.
         """
         removed = await self._purge(retention)
         return 0 if removed is None else removed

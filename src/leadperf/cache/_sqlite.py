@@ -157,7 +157,18 @@ class SqliteCache(BaseCache):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteCache:
-        """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``."""
+        """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``.
+
+        Args:
+            url: the sqlite URL.
+            **options: the constructor's keyword arguments.
+
+        Returns:
+            A new :class:`SqliteCache`.
+
+        Raises:
+            ConfigError: not a sqlite URL, or a bad option.
+        """
         return cls(sqlite_path_from_url(url), **options)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -394,10 +405,16 @@ class SqliteCache(BaseCache):
         return self._expiry
 
     async def cleanup(self) -> int:
-        """Delete expired rows from the file (every namespace); return how many.
+        """Delete expired rows from the file (every namespace).
 
         Runs in a worker thread, in batches, so neither a large purge nor another process's
-        lock holds up the event loop. Raises CacheUnavailableError when the file is unusable.
+        lock holds up the event loop.
+
+        Returns:
+            How many rows were deleted.
+
+        Raises:
+            CacheUnavailableError: the file is unusable.
         """
         await self._ensure()
         try:

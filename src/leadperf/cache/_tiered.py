@@ -112,6 +112,9 @@ class TieredCache(AsyncResource):
     async def open(self) -> Self:
         """Open local, then try remote (a remote that is down is counted, not raised).
 
+        Returns:
+            The cache itself.
+
         Raises:
             ClosedError: the cache was closed.
         """
@@ -149,7 +152,22 @@ class TieredCache(AsyncResource):
     # -- the protocol ---------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """Local hit, else remote hit (filling local), else ``default``."""
+        """Return the value under ``key``, or ``default`` when absent, expired or unreachable.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            default: what to return when there is no live value.
+
+        Returns:
+            The stored value, or ``default``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+            SerializationError: a corrupt or forged entry, with ``raise_errors=True`` only.
+        """
         value = await self.local.get(key, MISSING)
         if value is not MISSING:
             self._hits += 1
@@ -168,7 +186,20 @@ class TieredCache(AsyncResource):
         return default
 
     async def get_with_ttl(self, key: str) -> tuple[Any, float | None] | None:
-        """Return ``(value, seconds left or None)`` from either tier, else None."""
+        """Return ``(value, seconds left or None)`` for a live entry, else None.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            ``(value, remaining TTL in seconds)``; None when absent, expired or unreachable.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         found = await self.local.get_with_ttl(key)
         if found is None and self._remote_ok():
             try:
@@ -185,7 +216,22 @@ class TieredCache(AsyncResource):
         return found
 
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Write local, then remote (a remote failure is counted; local still holds it)."""
+        """Store ``value`` under ``key`` for ``ttl`` seconds (default: ``default_ttl``).
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            value: anything the codec encodes.
+            ttl: seconds > 0, or None for the cache's ``default_ttl``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ConfigError: a bad ``ttl``.
+            SerializationError: a value the codec refuses, or over ``max_value_size``
+                (:class:`ValueTooLargeError`); raised before anything is written.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         await self.local.set(key, value, ttl)
         self._sets += 1
         if self._remote_ok():
@@ -195,7 +241,23 @@ class TieredCache(AsyncResource):
                 self._remote_failed(exc)
 
     async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
-        """Store only if absent; the remote decides when it is reachable (shared dedup)."""
+        """Store ``value`` only when ``key`` holds no live entry.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+            value: anything the codec encodes.
+            ttl: seconds > 0, or None for ``default_ttl``.
+
+        Returns:
+            True when stored; False when a live entry was there (or the server failed).
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            SerializationError: a value the codec refuses.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         if self._remote_ok():
             try:
                 added = await self.remote.add(key, value, ttl)
@@ -212,7 +274,20 @@ class TieredCache(AsyncResource):
         return added
 
     async def delete(self, key: str) -> bool:
-        """Delete from both tiers; True when either held a live entry."""
+        """Remove ``key``.
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            True when a live entry was removed.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         deleted = await self.local.delete(key)
         if self._remote_ok():
             try:
@@ -224,7 +299,20 @@ class TieredCache(AsyncResource):
         return deleted
 
     async def exists(self, key: str) -> bool:
-        """True when either tier holds a live entry."""
+        """Whether ``key`` holds a live entry (counts neither hit nor miss).
+
+        Args:
+            key: a non-empty ``str`` of at most ``MAX_KEY_LENGTH`` characters, no NUL.
+
+        Returns:
+            True for a live entry.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         if await self.local.exists(key):
             return True
         if self._remote_ok():
@@ -235,7 +323,20 @@ class TieredCache(AsyncResource):
         return False
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Local hits, then one remote round trip for the rest (filling local)."""
+        """Return the live values among ``keys``, in one round trip.
+
+        Args:
+            keys: cache keys (each as for :meth:`get`).
+
+        Returns:
+            ``{key: value}`` for the live keys; absent or expired keys are left out.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         wanted = list(dict.fromkeys(keys))
         result = await self.local.get_many(wanted)
         missing = [k for k in wanted if k not in result]
@@ -253,7 +354,21 @@ class TieredCache(AsyncResource):
         return {k: result[k] for k in wanted if k in result}
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
-        """Write every item to both tiers."""
+        """Store every item of ``mapping`` for ``ttl`` seconds; all are encoded before
+        any write, so a refused value leaves the cache untouched.
+
+        Args:
+            mapping: ``{key: value}``.
+            ttl: seconds > 0, or None for ``default_ttl``.
+
+        Raises:
+            CacheKeyError: a bad key (before any I/O).
+            ConfigError: a bad ``ttl``.
+            SerializationError: a value the codec refuses or over ``max_value_size``.
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         await self.local.set_many(mapping, ttl)
         self._sets += len(mapping)
         if self._remote_ok():
@@ -263,7 +378,23 @@ class TieredCache(AsyncResource):
                 self._remote_failed(exc)
 
     async def clear(self, pattern: str | None = None) -> int:
-        """Clear both tiers; return the remote's count (local's while the remote is down)."""
+        """Remove the entries of this namespace whose key matches glob ``pattern``.
+
+        Only this cache's namespace is touched. In ``pattern``, ``*`` matches any run of
+        characters and ``?`` one character; every other character is literal.
+
+        Args:
+            pattern: a glob over keys, or None for every key of the namespace.
+
+        Returns:
+            How many live entries were removed (0 when the server failed).
+
+        Raises:
+            CacheKeyError: a bad pattern (before any I/O).
+            ClosedError: the cache was closed.
+            CacheUnavailableError: the remote failed, with ``raise_errors=True`` only (else the
+                call is served from local and the outage counted in ``stats().errors``).
+        """
         removed = await self.local.clear(pattern)
         if self._remote_ok():
             try:
@@ -274,7 +405,11 @@ class TieredCache(AsyncResource):
         return removed
 
     def stats(self) -> CacheStats:
-        """Hits from either tier, remote failures and local errors, local size/evictions."""
+        """Return a frozen snapshot of this cache's counters.
+
+        Returns:
+            A :class:`CacheStats`; ``size`` is None where the backend cannot count cheaply.
+        """
         local = self.local.stats()
         lookups = self._hits + self._misses
         return CacheStats(

@@ -259,6 +259,9 @@ class DatabaseOptimizer(AsyncResource):
     async def open(self) -> Self:
         """Open the pool (idempotent).
 
+        Returns:
+            The optimizer itself.
+
         Raises:
             DatabaseUnavailableError: the server cannot be reached (fails fast).
             ClosedError: the optimizer was closed.
@@ -321,7 +324,12 @@ class DatabaseOptimizer(AsyncResource):
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """Borrow a checked pooled connection; committed on clean exit, rolled back on error.
 
-        Raises :class:`DatabaseUnavailableError` when none frees up within pool_timeout.
+        Yields:
+            A psycopg ``AsyncConnection``.
+
+        Raises:
+            DatabaseUnavailableError: none freed up within ``pool_timeout``.
+            ClosedError: the optimizer was closed.
         """
         pool = await self._ready()
         async with borrow(pool, self._pool_mod, self._opts) as conn:
@@ -330,7 +338,14 @@ class DatabaseOptimizer(AsyncResource):
     # -- plain queries --------------------------------------------------------------------
 
     async def execute(self, query: Query, params: Any = None) -> int:
-        """Run one statement in its own transaction; return the affected row count.
+        """Run one statement in its own transaction.
+
+        Args:
+            query: SQL text or a ``psycopg.sql`` composition; values go in ``params``.
+            params: the query's parameters (a sequence or a mapping), never formatted in.
+
+        Returns:
+            The affected row count.
 
         Raises:
             DatabaseError: the server refused the statement (message masked).
@@ -344,6 +359,13 @@ class DatabaseOptimizer(AsyncResource):
 
     async def fetch(self, query: Query, params: Any = None) -> list[dict[str, Any]]:
         """Run a query and return every row as a ``{column: value}`` dict.
+
+        Args:
+            query: SQL text or a ``psycopg.sql`` composition.
+            params: the query's parameters (a sequence or a mapping).
+
+        Returns:
+            The rows, in the server's order.
 
         Raises:
             DatabaseError: the server refused the query (message masked).
@@ -387,8 +409,18 @@ class DatabaseOptimizer(AsyncResource):
     ) -> list[dict[str, Any]]:
         """Rows of ``table`` whose ``key_column`` is in ``keys``, in one ``= ANY(%s)`` query.
 
-        ``columns`` defaults to every column. Missing keys are simply absent from the result;
-        row order is the server's. Identifiers are quoted, so any table name is safe.
+        Missing keys are simply absent from the result; row order is the server's.
+        Identifiers are quoted, so any table name is safe.
+
+        Args:
+            table: the table name.
+            key_column: the column the keys are matched against.
+            keys: the wanted key values.
+            columns: the columns to return (default: every column).
+            schema: the table's schema (default: the search path).
+
+        Returns:
+            The matching rows as ``{column: value}`` dicts.
 
         Raises:
             ConfigError: an empty or over-long identifier.
@@ -438,10 +470,18 @@ class DatabaseOptimizer(AsyncResource):
         """:meth:`fetch` through the query cache: a hit skips the database.
 
         The key is a sha256 of the server, the query text and the parameters (with their
-        types), so a changed parameter misses. ``ttl`` (seconds) defaults to the cache
-        settings' ``default_ttl``. When the cache is disabled (``enable_query_cache=False``)
-        or fails, the query runs uncached and the failure is counted in ``stats()``.
-        Values must suit the cache's codec (rows of JSON-able values for the default one).
+        types), so a changed parameter misses. When the cache is disabled
+        (``enable_query_cache=False``) or fails, the query runs uncached and the failure
+        is counted in ``stats()``. Values must suit the cache's codec (rows of JSON-able
+        values for the default one).
+
+        Args:
+            query: SQL text.
+            params: the query's parameters.
+            ttl: seconds to keep the result (default: the cache settings' ``default_ttl``).
+
+        Returns:
+            The rows, from the cache or from the server.
 
         Raises:
             ConfigError: a query that is not a str, a bad ``ttl``, unhashable parameters.
@@ -504,9 +544,20 @@ class DatabaseOptimizer(AsyncResource):
         DISTINCT FROM``: every updated column needs an equality operator). Rerunning a call
         is always safe. docs/database.md has the details.
 
+        Args:
+            table: the table name.
+            rows: mappings of column to value, every row with the same columns.
+            key: the key column(s); a unique index on exactly them must exist.
+            batch_size: rows per transaction (> 0).
+            schema: the table's schema (default: the search path).
+            atomic: run every batch in one transaction.
+            concurrency: batches run at once (> 0), bounded by the pool's size.
+            skip_unchanged: leave rows identical to the stored ones untouched.
+
         Raises:
-            ConfigError: bad arguments, rows of different shapes, or a value the table
-                cannot take (the message names row and column; nothing written).
+            ConfigError: bad arguments or rows of different shapes (nothing written).
+            RowValueError: a value the table cannot take; ``.row`` and ``.column`` say
+                which (a ConfigError; nothing written).
             BulkUpsertError: the table or a column does not exist, the key has no unique
                 index, or a batch failed: ``.batch`` is its index, and the message lists
                 exactly the batches that were committed and stay written.

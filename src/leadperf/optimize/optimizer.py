@@ -247,8 +247,13 @@ class PerformanceOptimizer(AsyncResource):
         """Open the cache, the scraper and the task queue; apply the profile's GC
         thresholds; start system sampling and the memory guard when enabled.
 
+        Returns:
+            The optimizer itself.
+
         Raises:
             ClosedError: the optimizer was closed.
+            CacheUnavailableError: the cache's server failed while opening, with
+                ``raise_errors`` on (what opened is closed again).
         """
         return await super().open()
 
@@ -279,7 +284,13 @@ class PerformanceOptimizer(AsyncResource):
             raise
 
     async def aclose(self) -> None:
-        """Close every part this optimizer built or was given; idempotent."""
+        """Close every part this optimizer built or was given; idempotent.
+
+        Every part is closed even when one fails.
+
+        Raises:
+            Exception: the first failure of a part's close, after the rest closed.
+        """
         await super().aclose()
 
     async def _aclose(self) -> None:
@@ -391,8 +402,13 @@ class PerformanceOptimizer(AsyncResource):
 
     @portal_bound
     async def clear_cache(self, pattern: str | None = None) -> int:
-        """Remove the cache's keys matching glob ``pattern`` (all when None) inside its
-        namespace; return how many went.
+        """Remove the cache's keys matching a glob inside its namespace.
+
+        Args:
+            pattern: a glob (``*`` any run, ``?`` one character), or None for every key.
+
+        Returns:
+            How many live entries went.
 
         Raises:
             CacheKeyError: a bad pattern (before any I/O).
@@ -498,6 +514,9 @@ class PerformanceOptimizer(AsyncResource):
         """Switch to ``profile``: new settings, GC thresholds, and live limits on the parts
         already open. Parts not yet built pick the new settings up when built.
 
+        Args:
+            profile: ``"balanced"``, ``"memory_focused"`` or ``"performance_focused"``.
+
         Returns:
             ``profile_applied``, ``previous_profile``, ``changes`` (``section.key`` ->
             ``[old, new]``), ``parts`` (per open part: ``live`` and ``on_reopen`` changes),
@@ -506,6 +525,7 @@ class PerformanceOptimizer(AsyncResource):
 
         Raises:
             ConfigError: unknown profile (the message names the three).
+            ClosedError: the optimizer was closed.
         """
         self._check_open()
         chosen = get_profile(profile)
