@@ -274,6 +274,25 @@ class BaseCache(AsyncResource):
             "check the URL and that the server runs"
         )
 
+    @property
+    def bad_entries(self) -> int:
+        """Stored entries found corrupt, forged or oversized (each also counted in
+        ``stats().errors``); a tiered cache adds its remote's to its own errors."""
+        return self._bad_entries
+
+    def count_failure(self, exc: BaseException) -> str:
+        """Count a failure of work run for this cache in the background (an expiry job) in
+        ``stats().errors``.
+
+        Args:
+            exc: the failure.
+
+        Returns:
+            ``str(exc)`` without this cache's credentials, for a log line.
+        """
+        self._errors += 1
+        return self._scrub(exc)
+
     def _scrub(self, exc: BaseException) -> str:
         """``str(exc)`` without the credentials of this cache's URL (drivers may quote it)."""
         return mask_text(str(exc), self._secrets)

@@ -86,12 +86,11 @@ class ExpiryJob:
                 removed = await self._run_once()
             except Exception as exc:
                 self.failures += 1
-                self.owner._errors += 1
                 _log.warning(
                     "%r: expiry job failed (%s: %s); next try in about %.0f s",
                     self.owner,
                     type(exc).__name__,
-                    self.owner._scrub(exc),
+                    self.owner.count_failure(exc),
                     self.interval,
                 )
                 continue

@@ -420,6 +420,6 @@ class TieredCache(AsyncResource):
             sets=self._sets,
             deletes=self._deletes,
             evictions=local.evictions,
-            errors=self._errors + local.errors + self.remote._bad_entries,
+            errors=self._errors + local.errors + self.remote.bad_entries,
             size=local.size,
         )
