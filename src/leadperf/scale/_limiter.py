@@ -314,7 +314,12 @@ class RedisLimiter:
 
     async def _poll(self, platform: str, token: str, limit: int, delay: float) -> str:
         pause = 0.001
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancel request that a library below swallowed (a timeout racing the
+                # cancellation): honour it rather than wait for a slot forever.
+                raise asyncio.CancelledError
             granted, seconds = await self._ask(platform, token, limit, delay)
             if granted:
                 return seconds
