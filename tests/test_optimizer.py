@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from leadperf import ClosedError, ConfigError, LeadperfError, PerformanceOptimizer, Settings
+from leadperf.cache import MemoryCache
 from leadperf.cli import main as cli_main
 from leadperf.optimize import PROFILES, get_performance_optimizer
 
@@ -219,7 +220,7 @@ async def test_profiles_change_live_parts_and_report_per_part(settings: Settings
         for i in range(3000):
             await perf.cache.set(f"k{i}", i)
         fast = await perf.apply_optimizations("performance_focused")
-        assert perf.cache.default_ttl == 4 * 3600  # the live cache keeps entries 4 h
+        assert perf.cache.default_ttl == 4 * 3600  # the live cache keeps entries 4 h  # type: ignore[attr-defined]
         assert perf.settings.chrome.pool_size > Settings().chrome.pool_size
         assert perf.settings.database.pool_size > Settings().database.pool_size
         assert perf.settings.cache.pool_max_size > Settings().cache.pool_max_size
@@ -351,3 +352,37 @@ async def test_sync_fronts_refused_after_async_open(settings: Settings) -> None:
     async with PerformanceOptimizer(settings) as perf:
         with pytest.raises(LeadperfError, match="async with"):
             _ = perf.cache_sync
+
+
+@pytest.mark.anyio
+async def test_parts_built_before_open_are_closed_with_the_facade(settings: Settings) -> None:
+    perf = PerformanceOptimizer(settings)
+    await perf.cache.set("k", 1)  # the cache opens itself on first use
+    resources = perf.resources
+    tasks = perf.tasks  # built, never entered
+    await perf.aclose()
+    assert perf.closed
+    assert perf._parts["cache"].closed
+    assert resources.closed
+    assert tasks.closed
+    with pytest.raises(ClosedError, match="cannot be reopened"):
+        await perf.open()
+    with pytest.raises(ClosedError):
+        _ = perf.cache
+
+
+@pytest.mark.anyio
+async def test_a_part_failing_to_close_does_not_keep_the_others_open(settings: Settings) -> None:
+    class Stubborn(MemoryCache):
+        async def _close(self) -> None:
+            raise RuntimeError("refuses to close")
+
+    cache = Stubborn(settings=settings)
+    perf = PerformanceOptimizer(settings, cache=cache)
+    resources = perf.resources
+    with pytest.raises(RuntimeError, match="refuses to close"):
+        async with perf:
+            await perf.cache.set("k", 1)
+    assert cache.closed
+    assert resources.closed
+    assert perf.closed
