@@ -220,7 +220,7 @@ async def test_profiles_change_live_parts_and_report_per_part(settings: Settings
         for i in range(3000):
             await perf.cache.set(f"k{i}", i)
         fast = await perf.apply_optimizations("performance_focused")
-        assert perf.cache.default_ttl == 4 * 3600  # the live cache keeps entries 4 h  # type: ignore[attr-defined]
+        assert perf.cache.default_ttl == 4 * 3600  # type: ignore[attr-defined]  # 4 h, live
         assert perf.settings.chrome.pool_size > Settings().chrome.pool_size
         assert perf.settings.database.pool_size > Settings().database.pool_size
         assert perf.settings.cache.pool_max_size > Settings().cache.pool_max_size
