@@ -157,7 +157,7 @@ def read_output(path: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]
             item = json.loads(line)
             if "stats" in item:
                 stats = item["stats"]
-            elif "url" in item:
+            elif "url" in item:  # a fetched URL (both modes)
                 rows.append(item)
     return rows, stats
 
@@ -226,10 +226,28 @@ async def _run(config: dict[str, Any]) -> None:
     await done.close()
 
 
+async def _run_inflight(config: dict[str, Any]) -> None:
+    """Fetch the same URLs as every other worker, through InflightCache on a shared cache."""
+    from leadperf import AsyncScraper
+    from leadperf.cache import from_url
+    from leadperf.scale import InflightCache
+
+    cache = from_url(config["cache_url"], namespace=config["name"])
+    inflight = InflightCache(cache, wait=float(config["wait"]))
+    async with AsyncScraper(cache=inflight, max_concurrent=50) as scraper:
+        await asyncio.sleep(max(0.0, float(config["start_at"]) - time.monotonic()))
+        results = await scraper.scrape_batch(config["urls"])
+    with open(config["out"], "w", encoding="utf-8") as out:
+        for r in results:
+            out.write(json.dumps({"url": r.url, "ok": r.ok, "from_cache": r.from_cache}) + "\n")
+        out.write(json.dumps({"stats": {"shared_hits": inflight.shared_hits}}) + "\n")
+    await cache.close()
+
+
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as f:
         config = json.load(f)
-    asyncio.run(_run(config))
+    asyncio.run(_run_inflight(config) if config.get("mode") == "inflight" else _run(config))
 
 
 if __name__ == "__main__":

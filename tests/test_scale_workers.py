@@ -296,3 +296,38 @@ def test_redis_stopped_mid_run_workers_continue_on_local_limits(
             f"{[server.max_concurrency(i) for i in range(4)]} (limits {list(LIMITS)}, "
             "4 workers)",
         )
+
+
+def test_workers_wait_for_a_url_another_worker_is_fetching(
+    tmp_path: Path, redis_url: str, unique_name: str, reliability: Any
+) -> None:
+    with ScrapeServer(ports=1) as server:
+        urls = [server.url(0, f"/page/{unique_name}-{i}?size=128&delay=0.5") for i in range(20)]
+        config = {
+            "mode": "inflight",
+            "urls": urls,
+            "cache_url": redis_url,
+            "name": unique_name,
+            "wait": 10.0,
+            "start_at": time.monotonic() + 4.0,  # all three start together, imports done
+        }
+        procs = _run(tmp_path, config, 3)
+        try:
+            _wait(procs, tmp_path, time.monotonic() + 60)
+        finally:
+            _kill_all(procs)
+        hits = Counter(target for _, target in server.arrivals())
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    rows = [read_output(str(tmp_path / f"w{w}.jsonl"))[0] for w in range(3)]
+    assert all(len(r) == 20 and all(row["ok"] for row in r) for r in rows)
+    assert len(hits) == 20
+    assert set(hits.values()) == {1}, "each URL fetched by one worker; the others waited"
+    shared = sum(row["from_cache"] for r in rows for row in r)
+    assert shared == 40
+    reliability.record(
+        "scale",
+        "3 worker processes fetch the same 20 slow URLs (0.5 s each) at the same moment",
+        "a URL being fetched elsewhere is waited for through the shared cache, not refetched",
+        f"server hits per URL {sorted(set(hits.values()))}; {shared} of 60 results came from "
+        "another worker's fetch",
+    )
