@@ -231,6 +231,13 @@ async def test_falls_back_to_local_limits_and_comes_back(
         assert not third.done()
         await limiter.release("p", first)
         await asyncio.wait_for(third, 1.0)
+        await limiter.release("p", first)  # twice: must not free a second slot
+        fourth = asyncio.ensure_future(limiter.acquire("p", 2, 0.0))
+        await asyncio.sleep(0.2)
+        assert not fourth.done()
+        await limiter.release("p", second)
+        await asyncio.wait_for(fourth, 1.0)
+        second = fourth.result()
         await limiter.release("p", second)
         await limiter.release("p", third.result())
 

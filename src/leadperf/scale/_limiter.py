@@ -162,6 +162,7 @@ class RedisLimiter:
         self._gates: dict[str, asyncio.Lock] = {}
         self._released: dict[str, list[str]] = {}
         self._key_cache: dict[str, tuple[str, str]] = {}
+        self._local_held: set[str] = set()
         self._release_timer: asyncio.TimerHandle | None = None
         self._limits: dict[str, int] = {}
         self._slowed: set[str] = set()
@@ -263,7 +264,10 @@ class RedisLimiter:
                 self._went_down(exc)
         await self._local.acquire(platform, limit, float(delay))
         self._counts["local"] += 1
-        return Lease(platform, "", shared=False)
+        self._seq += 1
+        token = f"local:{self._seq}"
+        self._local_held.add(token)
+        return Lease(platform, token, shared=False)
 
     async def _acquire_shared(self, platform: str, limit: int, delay: float) -> Lease:
         self._seq += 1
@@ -340,7 +344,8 @@ class RedisLimiter:
         self._counts["releases"] += 1
         if lease.shared:
             self._release_shared(platform, lease.token)
-        else:
+        elif lease.token in self._local_held:  # a lease given back twice counts once
+            self._local_held.discard(lease.token)
             self._local.release(platform)
 
     def _release_shared(self, platform: str, token: str) -> None:
