@@ -159,3 +159,29 @@ def test_prefork_worker_scrapes_chunks_into_postgres_once(
         f"{new_connections} new Redis connections over the last {len(second)} tasks; "
         "after shutdown 0 Redis and 0 PostgreSQL connections left",
     )
+
+
+def test_scrape_worker_rejects_bad_builds() -> None:
+    pytest.importorskip("celery")
+    from celery import Celery
+
+    from leadperf import AsyncScraper
+    from leadperf.errors import ConfigError
+    from leadperf.integrations.celery import ScrapeWorker, WorkerResources, default_row
+    from leadperf.scraper import ScrapeResult
+
+    app = Celery("unit", broker="memory://")
+    with pytest.raises(ConfigError, match="build"):
+        ScrapeWorker(app, build=None)  # type: ignore[arg-type]
+    worker = ScrapeWorker(app, lambda: "not resources")  # type: ignore[arg-type, return-value]
+    with pytest.raises(ConfigError, match="WorkerResources"):
+        worker.scrape(["http://127.0.0.1:1/"])
+    no_db = ScrapeWorker(app, lambda: WorkerResources(scraper=AsyncScraper()))
+    try:
+        with pytest.raises(ConfigError, match="database"):
+            no_db.scrape_into(["http://127.0.0.1:1/"], table="t")
+        assert no_db.builds == 1
+    finally:
+        no_db.close()
+        no_db.close()  # idempotent
+    assert default_row(ScrapeResult(url="http://a/", duplicate=True)) is None
