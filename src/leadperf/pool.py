@@ -237,10 +237,13 @@ class ChromePool:
         replaced) and PoolError for an unknown ``task_id`` or a driver the task does not
         hold. After :meth:`close`, releasing is a no-op.
         """
+        self._give_back(task_id, driver)
+
+    def _give_back(self, task_id: Any, driver: WebDriver) -> bool:
+        """:meth:`release`; False when the pool was closed while the task held the driver."""
         with self._cond:
             if self._closed:
-                self._leases.pop(task_id, None)
-                return
+                return self._leases.pop(task_id, None) is None
             lease = self._leases.get(task_id)
             if lease is None:
                 raise PoolError(f"task {task_id!r} holds no driver from this pool")
@@ -256,11 +259,11 @@ class ChromePool:
                 raise InstanceBroken("the browser or chromedriver process died")
             if self._needs_recycle(slot):
                 self._discard(slot, recycled=True)
-                return
+                return True
             instance.prepare_tab()
         except InstanceBroken as exc:
             if self._closed:
-                return  # close() killed it under us: nothing to report
+                return False  # close() killed it under the task
             self._discard(slot, crashed=True)
             raise BrowserCrashedError(
                 f"the browser serving task {task_id!r} crashed or hung ({exc}); it was killed "
@@ -277,14 +280,16 @@ class ChromePool:
                 self._cond.notify()
         if closed_now:
             instance.close()
+        return True
 
     @contextlib.contextmanager
     def session(self, task_id: Any, timeout: float = 30.0) -> Iterator[WebDriver]:
         """``with pool.session(task_id) as driver:`` acquire, then release on exit.
 
         If the browser crashed while lent, the block's error (or a clean exit) becomes
-        :class:`BrowserCrashedError`, chained to the original; if the pool was closed
-        while the block ran, the block's driver error becomes :class:`ClosedError`.
+        :class:`BrowserCrashedError`, chained to the original. If the pool was closed while
+        the block ran, the block's exit (or its driver error) becomes :class:`ClosedError`:
+        its browser was stopped under it, so its work may be incomplete.
         """
         driver = self.acquire(task_id, timeout)
         try:
@@ -292,7 +297,7 @@ class ChromePool:
         except BaseException as exc:
             self._release_after_error(task_id, driver, exc)
             raise
-        self.release(task_id, driver)
+        self._release_after_block(task_id, driver)
 
     @contextlib.asynccontextmanager
     async def session_async(self, task_id: Any, timeout: float = 30.0) -> AsyncIterator[WebDriver]:
@@ -334,7 +339,9 @@ class ChromePool:
                 )
             raise
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.release, task_id, driver, limiter=threads)
+            await anyio.to_thread.run_sync(
+                self._release_after_block, task_id, driver, limiter=threads
+            )
 
     def screenshot(
         self, driver: WebDriver, target_size_kb: int | None = None, format: str = "JPEG"
@@ -526,20 +533,20 @@ class ChromePool:
             self._cond.notify()
         instance.close()
 
+    def _release_after_block(self, task_id: Any, driver: WebDriver) -> None:
+        if not self._give_back(task_id, driver):
+            raise _closed_under(task_id)
+
     def _release_after_error(self, task_id: Any, driver: WebDriver, error: BaseException) -> None:
-        closed = self._closed
         try:
-            self.release(task_id, driver)
+            returned = self._give_back(task_id, driver)
         except BrowserCrashedError as crash:
             if isinstance(error, Exception) and not isinstance(error, BrowserCrashedError):
                 raise crash from error
-            # Cancellation and interrupts keep their meaning; the instance is already gone.
-        if closed and isinstance(error, Exception) and not isinstance(error, LeadperfError):
+            return  # Cancellation and interrupts keep their meaning; the instance is gone.
+        if not returned and isinstance(error, Exception) and not isinstance(error, LeadperfError):
             # The driver call failed because close() stopped the browser under the task.
-            raise ClosedError(
-                f"this ChromePool was closed while task {task_id!r} held a driver; its browser "
-                "was stopped"
-            ) from error
+            raise _closed_under(task_id) from error
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None:
@@ -624,3 +631,10 @@ def get_chrome_pool() -> ChromePool:
 
 _default_lock = threading.Lock()
 _default_pool: ChromePool | None = None
+
+
+def _closed_under(task_id: Any) -> ClosedError:
+    return ClosedError(
+        f"this ChromePool was closed while task {task_id!r} held a driver; its browser was "
+        "stopped, so the task's work may be incomplete"
+    )
