@@ -329,7 +329,22 @@ class TaskOptimizer(AsyncResource):
         name: str | None = None,
         retry: RetryPolicy | None = None,
     ) -> TaskHandle[T]:
-        """Like :meth:`submit` but raises :class:`TaskQueueFullError` instead of waiting."""
+        """Queue ``await func(*args)`` now, or refuse when the queue is full.
+
+        Args:
+            func: an async callable.
+            priority: 0 (``HIGH``) is the most urgent; integers >= 0.
+            name: a label for logs and the handle (default: the function's name).
+            retry: this task's RetryPolicy (default: the optimizer's).
+
+        Returns:
+            A :class:`TaskHandle`; ``await handle.result()`` for the value.
+
+        Raises:
+            TaskQueueFullError: ``max_queued`` items are waiting already.
+            ClosedError: the optimizer is not open.
+            ConfigError: bad priority or func.
+        """
         item = self._item(func, args, priority, name, retry)
         if self._queued >= self.max_queued:
             self._counts["rejected"] += 1
@@ -350,7 +365,11 @@ class TaskOptimizer(AsyncResource):
             self._cond.notify_all()
 
     async def join(self) -> None:
-        """Wait until nothing is queued or running."""
+        """Wait until nothing is queued or running.
+
+        Raises:
+            ClosedError: the optimizer is not open.
+        """
         assert self._cond is not None, "open the TaskOptimizer first"
         async with self._cond:
             while self._queued or self._running:
@@ -433,7 +452,11 @@ class TaskOptimizer(AsyncResource):
     # -- stats ----------------------------------------------------------------------------
 
     def stats(self) -> TaskStats:
-        """A frozen snapshot: queued, running, done, failed, retries and wait percentiles."""
+        """A frozen snapshot: queued, running, done, failed, retries and wait percentiles.
+
+        Returns:
+            A :class:`TaskStats` (wait percentiles in milliseconds, nearest rank).
+        """
         waits = sorted(self._waits)
         return TaskStats(
             workers=self.workers,
@@ -453,7 +476,11 @@ class TaskOptimizer(AsyncResource):
         )
 
     def apply_settings(self, settings: Settings) -> None:
-        """Adopt ``settings.tasks.max_queued`` live; ``workers`` applies on reopen."""
+        """Adopt ``settings.tasks.max_queued`` live; ``workers`` applies on reopen.
+
+        Args:
+            settings: the new settings (only ``settings.tasks`` is read).
+        """
         self.max_queued = settings.tasks.max_queued
 
 
