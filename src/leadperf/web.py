@@ -207,6 +207,9 @@ def create_router(
         admin_dependency: a FastAPI dependency of the host's own that guards the POST
             routes (it raises to refuse); with ``admin_token`` both must pass.
 
+    Returns:
+        The FastAPI ``APIRouter``; mount it with ``app.include_router(router)``.
+
     Raises:
         ConfigError: a short or non-string ``admin_token``, or a bad prefix.
     """

@@ -56,7 +56,13 @@ def cgroup_memory(root: Path | None = None) -> tuple[int, int] | None:
     """``(used_bytes, limit_bytes)`` of this container's memory cgroup, or None.
 
     Reads cgroup v2 (``memory.current``/``memory.max``) or v1 (``memory.usage_in_bytes``/
-    ``memory.limit_in_bytes``); None when there is no limit or no cgroup to read.
+    ``memory.limit_in_bytes``).
+
+    Args:
+        root: the cgroup directory (default: this process's own).
+
+    Returns:
+        ``(used, limit)`` in bytes; None when there is no limit or no cgroup to read.
     """
     for base, used_name, limit_name in (
         (root or _CGROUP_V2, "memory.current", "memory.max"),
@@ -70,7 +76,11 @@ def cgroup_memory(root: Path | None = None) -> tuple[int, int] | None:
 
 
 def process_tree_rss() -> int:
-    """RSS in bytes of this process and its children (Chrome, chromedriver)."""
+    """RSS in bytes of this process and its children (Chrome, chromedriver).
+
+    Returns:
+        The summed resident set size; children that exit while read are skipped.
+    """
     proc = psutil.Process(os.getpid())
     total = proc.memory_info().rss
     for child in proc.children(recursive=True):
@@ -90,7 +100,10 @@ def freeze_after_warmup() -> int:
 
     After start-up, modules, settings and pools live as long as the process; freezing
     them keeps every later collection from scanning them again (and keeps forked workers
-    from touching their pages). Returns ``gc.get_freeze_count()``.
+    from touching their pages).
+
+    Returns:
+        ``gc.get_freeze_count()``.
     """
     global _frozen
     with _freeze_lock:
@@ -193,7 +206,11 @@ class MemoryGuard:
         return self.limit_mb is not None or cgroup_memory() is not None
 
     def read(self) -> MemoryReading:
-        """Measure now (blocking, a few milliseconds)."""
+        """Measure now (blocking, a few milliseconds).
+
+        Returns:
+            A :class:`MemoryReading`.
+        """
         used, limit, source = self._measure()
         reading = MemoryReading(
             used_mb=round(used / 2**20, 1),
@@ -205,7 +222,14 @@ class MemoryGuard:
         return reading
 
     async def check(self) -> MemoryReading:
-        """Measure in a worker thread; run ``on_pressure`` when the line is crossed."""
+        """Measure in a worker thread; run ``on_pressure`` when the line is crossed.
+
+        Returns:
+            The :class:`MemoryReading` taken.
+
+        Raises:
+            Exception: whatever ``on_pressure`` raises (:meth:`run` logs it and goes on).
+        """
         reading = await anyio.to_thread.run_sync(self.read)
         if reading.limit_mb is None:
             return reading
@@ -234,7 +258,11 @@ class MemoryGuard:
             await anyio.sleep(self.interval)
 
     def stats(self) -> MemoryGuardStats:
-        """A frozen snapshot of the last reading and the GC state."""
+        """A frozen snapshot of the last reading and the GC state.
+
+        Returns:
+            A :class:`MemoryGuardStats`.
+        """
         t = gc.get_threshold()
         last = self._last
         return MemoryGuardStats(

@@ -27,13 +27,25 @@ class Profile:
     gc_thresholds: tuple[int, int, int]
 
     def settings(self, base: Settings | None = None) -> Settings:
-        """``base`` (default: the profile's own defaults) with this profile applied."""
+        """``base`` with this profile applied.
+
+        Args:
+            base: the settings to tune (default: the profile's own defaults); URLs and
+                settings the profile does not tune are kept.
+
+        Returns:
+            New settings; ``base`` is not changed.
+        """
         if base is None:
             return Settings(profile=self.name)
         return base.evolve(profile=self.name)
 
     def apply_gc(self) -> tuple[int, int, int]:
-        """Set the interpreter's GC thresholds for this profile; returns the previous ones."""
+        """Set the interpreter's GC thresholds for this profile.
+
+        Returns:
+            The previous thresholds.
+        """
         previous = gc.get_threshold()
         gc.set_threshold(*self.gc_thresholds)
         return (previous[0], previous[1], previous[2])
@@ -73,7 +85,17 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
 
 
 def get_profile(name: str) -> Profile:
-    """The profile called ``name``; raises ConfigError naming the known ones."""
+    """The profile called ``name``.
+
+    Args:
+        name: ``"balanced"``, ``"memory_focused"`` or ``"performance_focused"``.
+
+    Returns:
+        The :class:`Profile`.
+
+    Raises:
+        ConfigError: an unknown name (the message names the known ones).
+    """
     try:
         return PROFILES[name]
     except KeyError:
@@ -162,11 +184,17 @@ async def apply_to_parts(parts: Mapping[str, Any], old: Settings, new: Settings)
     A part with ``apply_settings(settings)`` is given the new settings (it may return the
     names of the fields it took live); otherwise public tuning attributes (cache TTLs and
     memory bounds, the Chrome pool's size and idle timeout, the monitor's interval) are
-    set directly.
+    set directly, and an in-process cache over a smaller bound is trimmed at once.
+
+    Args:
+        parts: the facade's parts by name (``cache``, ``database``, ``scraper`` ...).
+        old: the settings the parts run with.
+        new: the settings to bring them to.
 
     Returns:
         ``{part: {"live": {field: [old, new]}, "on_reopen": {field: [old, new]}}}`` for
-        every given part whose settings changed.
+        every given part whose settings changed (plus ``entries_dropped`` for a trimmed
+        cache).
     """
     report: dict[str, Any] = {}
     for name, part in parts.items():

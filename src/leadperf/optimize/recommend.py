@@ -86,6 +86,10 @@ async def table_usage(
 ) -> tuple[list[TableUsage], list[IndexUsage]]:
     """Read table and index usage of ``schema`` from PostgreSQL's statistics views.
 
+    Args:
+        db: an open or openable DatabaseOptimizer.
+        schema: the schema to read.
+
     Returns:
         ``(tables, indexes)``; indexes lists non-unique, non-primary indexes only.
 
@@ -130,6 +134,18 @@ def recommend(
     indexes: Sequence[IndexUsage] = (),
 ) -> list[Recommendation]:
     """Apply every rule to the snapshots given; a part left out is not judged.
+
+    Args:
+        settings: the settings in force (thresholds and limits are read from them).
+        system: a system sample.
+        cache: the cache's stats.
+        scraper: the scraper's stats.
+        chrome: the Chrome pool's stats.
+        database: the database's stats.
+        tasks: the task queue's stats.
+        memory: the memory guard's stats.
+        tables: table usage from :func:`table_usage`.
+        indexes: index usage from :func:`table_usage`.
 
     Returns:
         Recommendations, most severe first within each area.
