@@ -33,6 +33,7 @@ from leadperf._core.lifecycle import (
 from leadperf._core.stats import percentile
 from leadperf._core.validate import (
     as_attrs,
+    at_least,
     boolean,
     choice,
     int_in_range,
@@ -229,6 +230,27 @@ def test_validators_as_attrs_validators_name_the_field() -> None:
     assert info.value.key == "size"
     with pytest.raises(ConfigError, match=r"^quality:"):
         Limits(3, quality=0)
+
+
+def test_at_least_and_section_names_for_settings() -> None:
+    assert at_least(0, "retries", 0, integer=True) == 0
+    assert at_least(0.5, "factor", 0, strict=True) == 0.5
+    with pytest.raises(ConfigError, match=r"^retries: must be an integer >= 0, got 1\.5$"):
+        at_least(1.5, "retries", 0, integer=True)
+    with pytest.raises(ConfigError, match=r"^factor: must be a number > 0, got 0$"):
+        at_least(0, "factor", 0, strict=True)
+    with pytest.raises(ConfigError):
+        at_least(math.nan, "factor", 0)
+
+    @attrs.frozen
+    class Section:
+        size: int = attrs.field(
+            validator=as_attrs(positive_int, name=lambda inst, a: f"cache.{a.name}")
+        )
+
+    with pytest.raises(ConfigError, match=r"^cache\.size: must be an integer > 0") as info:
+        Section(0)
+    assert info.value.key == "cache.size"
 
 
 # -- percentile, lazy exports -----------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "as_attrs",
+    "at_least",
     "boolean",
     "choice",
     "int_in_range",
@@ -97,6 +98,32 @@ def int_in_range(value: Any, name: str, low: int, high: int) -> int:
     if not _is_int(value) or not low <= value <= high:
         raise ConfigError(f"{name}: must be an integer {low}..{high}, got {value!r}", key=name)
     return int(value)
+
+
+def at_least(
+    value: Any, name: str, minimum: float, *, strict: bool = False, integer: bool = False
+) -> Any:
+    """Return ``value`` when it is a number >= ``minimum`` (> with ``strict``).
+
+    Args:
+        value: what the caller passed (``bool`` and NaN are refused).
+        name: the argument's name.
+        minimum: the bound.
+        strict: refuse ``minimum`` itself.
+        integer: accept only ints.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ConfigError: not a number (an int with ``integer``), or below the bound.
+    """
+    ok_type = _is_int(value) if integer else _is_number(value)
+    if not ok_type or not (value > minimum if strict else value >= minimum):
+        kind = "an integer" if integer else "a number"
+        op = ">" if strict else ">="
+        raise ConfigError(f"{name}: must be {kind} {op} {minimum}, got {value!r}", key=name)
+    return value
 
 
 def positive_number(value: Any, name: str, *, finite: bool = True) -> float:
@@ -211,12 +238,19 @@ def url_with_scheme(value: Any, name: str, schemes: Collection[str]) -> str:
     return value
 
 
-def as_attrs(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def as_attrs(
+    check: Callable[..., Any],
+    *args: Any,
+    name: Callable[[Any, attrs.Attribute[Any]], str] | None = None,
+    **kwargs: Any,
+) -> Any:
     """An attrs validator running ``check(value, field_name, *args, **kwargs)``.
 
     Args:
         check: one of this module's checks.
         *args: extra positional arguments for ``check`` (``choices``, ``low, high``...).
+        name: how to name the field in the error, from ``(instance, attribute)``
+            (default: the attribute's name; settings use ``"section.key"``).
         **kwargs: extra keyword arguments for ``check``.
 
     Returns:
@@ -224,6 +258,7 @@ def as_attrs(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """
 
     def validator(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        check(value, attribute.name, *args, **kwargs)
+        label = attribute.name if name is None else name(inst, attribute)
+        check(value, label, *args, **kwargs)
 
     return validator
