@@ -14,10 +14,15 @@ Imported on demand (``import leadperf`` never loads it). Needs ``pip install
 
 from __future__ import annotations
 
-from ._dedup import DedupSet, DedupStats, PostgresDedupSet, RedisDedupSet
-from ._inflight import InflightCache
-from ._limiter import Lease, LimiterStats, RedisLimiter
-from ._normalize import normalize_url
+from typing import TYPE_CHECKING
+
+from .._core.lazy import lazy_exports as _lazy_exports
+
+if TYPE_CHECKING:
+    from ._dedup import DedupSet, DedupStats, PostgresDedupSet, RedisDedupSet
+    from ._inflight import InflightCache
+    from ._limiter import Lease, LimiterStats, RedisLimiter
+    from ._normalize import normalize_url
 
 __all__ = [
     "DedupSet",
@@ -30,3 +35,17 @@ __all__ = [
     "RedisLimiter",
     "normalize_url",
 ]
+
+_LAZY: dict[str, str] = {
+    "DedupSet": "._dedup",
+    "DedupStats": "._dedup",
+    "PostgresDedupSet": "._dedup",
+    "RedisDedupSet": "._dedup",
+    "InflightCache": "._inflight",
+    "Lease": "._limiter",
+    "LimiterStats": "._limiter",
+    "RedisLimiter": "._limiter",
+    "normalize_url": "._normalize",
+}
+
+__getattr__, __dir__ = _lazy_exports(__name__, globals(), _LAZY)
