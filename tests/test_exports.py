@@ -15,8 +15,6 @@ import pytest
 _XFAIL_PRIVATE_PATHS = {
     "leadperf.scraper": "leadperf/scraper.py re-exports classes from leadperf._scrape "
     "without rewriting their __module__ to 'leadperf.scraper'",
-    "leadperf.scale": "leadperf/scale/__init__.py does not rewrite the __module__ of the "
-    "classes it re-exports from its private modules to 'leadperf.scale'",
 }
 
 _XFAIL_UNDECLARED = {
