@@ -76,6 +76,7 @@ class OwnRedis:
                         return self
             except OSError:
                 time.sleep(0.02)
+        self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def stop(self) -> None:
@@ -100,6 +101,13 @@ class OwnCluster:
         return self.nodes[0].url
 
     def start(self) -> OwnCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.close()  # never leave a half-made cluster running
+            raise
+
+    def _start(self) -> OwnCluster:
         for node in self.nodes:
             node.start(cluster=True)
         cli = shutil.which("redis-cli")
