@@ -61,14 +61,14 @@ def test_prefork_worker_scrapes_chunks_into_postgres_once(
     broker, state = OwnRedis().start(), OwnRedis().start()
     dsn = f"{database_url}?application_name={unique_name}"
     table = unique_name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            f"CREATE TABLE {table} (url text PRIMARY KEY, status int, size int, error text)"
-        )
     log = tmp_path / "worker.log"
     probe = redis.Redis.from_url(state.url, client_name="probe")
     proc: subprocess.Popen[bytes] | None = None
     try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE {table} (url text PRIMARY KEY, status int, size int, error text)"
+            )
         with ScrapeServer(ports=2) as server:
             limits = {server.platform(0): 3, server.platform(1): 4}
             env = {

@@ -7,6 +7,7 @@ workers report, never the limiter's own opinion of itself.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -248,7 +249,9 @@ def test_redis_stopped_mid_run_workers_continue_on_local_limits(
     import psycopg
 
     own = OwnRedis().start()
-    with ScrapeServer(ports=4) as server:
+    with contextlib.ExitStack() as stack:
+        stack.callback(own.close)
+        server = stack.enter_context(ScrapeServer(ports=4))
         urls = _urls(server, 800, 4, unique_name)
         config = _config(
             server,
