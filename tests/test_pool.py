@@ -814,3 +814,33 @@ def test_a_temp_dir_too_long_for_chromes_socket(
         assert not profile.startswith(str(long_dir)), "moved to a short temp dir"
     assert not os.path.exists(profile)
     assert list(long_dir.iterdir()) == []
+
+
+def test_nothing_left_running_after_close(paths: dict[str, str], server: PageServer) -> None:
+    """Once every pool closed, the host has no child process and no pool thread left."""
+    script = f"""
+import json, os, threading, psutil
+from leadperf.pool import ChromePool
+me = psutil.Process()
+pool = ChromePool(pool_size=1, **{paths!r})
+with pool.session("one") as driver:
+    driver.get({server.url("/closing-all")!r})
+running = [p.name() for p in me.children()]
+threads_open = sorted(t.name for t in threading.enumerate())
+pool.close()
+print(json.dumps({{
+    "while_open": running,
+    "threads_open": threads_open,
+    "children": [p.pid for p in me.children()],
+    "threads": sorted(t.name for t in threading.enumerate()),
+}}), flush=True)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "chromedriver" in seen["while_open"], "chromedriver ran as the host's child"
+    assert any("python" in name for name in seen["while_open"]), "and the watchdog"
+    assert "leadperf-chrome-launcher" in seen["threads_open"]
+    assert seen["children"] == [], "watchdog and chromedriver gone after close"
+    assert seen["threads"] == ["MainThread"], "launcher and housekeeping threads ended"

@@ -15,6 +15,8 @@ Three layers, each covering what the one before cannot (Linux; elsewhere only th
    terminal) run handlers that close every pool at once and then chain to the host's
    previous handler, so a host's own shutdown logic still runs. SIGINT raises
    KeyboardInterrupt as usual and the ``atexit`` guard closes pools.
+
+The launcher thread and the watchdog run only while a local instance exists.
 """
 
 from __future__ import annotations
@@ -79,29 +81,58 @@ def pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+_Job = tuple[Callable[[], Any], Future[Any]] | None
+
+
 class _Launcher:
-    """One daemon thread that forks every chromedriver (see layer 1 above)."""
+    """One daemon thread that forks every chromedriver (see layer 1 above).
+
+    It runs while any local instance exists; :meth:`stop` (called once none does) ends it,
+    and the next launch starts a new one with a queue of its own.
+    """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job] | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def run(self, fn: Callable[[], _T]) -> _T:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._loop, name="leadperf-chrome-launcher", daemon=True
-                    )
-                    self._thread.start()
         done: Future[_T] = Future()
-        self._jobs.put((fn, done))
+        with self._lock:
+            if self._jobs is None or self._thread is None or not self._thread.is_alive():
+                self._jobs = queue.SimpleQueue()
+                self._thread = threading.Thread(
+                    target=self._loop,
+                    args=(self._jobs,),
+                    name="leadperf-chrome-launcher",
+                    daemon=True,
+                )
+                self._thread.start()
+            self._jobs.put((fn, done))
         return done.result()
 
-    def _loop(self) -> None:
+    def reset(self) -> None:
+        """Forget the thread and lock (after a fork: the child has neither)."""
+        self._jobs = self._thread = None
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """End the thread once its queued launches ran (only when no chromedriver lives)."""
+        with self._lock:
+            thread = self._thread
+            if self._jobs is not None:
+                self._jobs.put(None)
+            self._jobs = self._thread = None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    @staticmethod
+    def _loop(jobs: queue.SimpleQueue[_Job]) -> None:
         while True:
-            fn, done = self._jobs.get()
+            job = jobs.get()
+            if job is None:
+                return
+            fn, done = job
             try:
                 done.set_result(fn())
             except BaseException as exc:  # handed to the caller, which re-raises it
@@ -109,6 +140,9 @@ class _Launcher:
 
 
 _launcher = _Launcher()
+if hasattr(os, "register_at_fork"):
+    # A forked child has no launcher thread and must not wait on a lock held at the fork.
+    os.register_at_fork(after_in_child=_launcher.reset)
 
 
 def launch(fn: Callable[[], _T]) -> _T:
@@ -123,37 +157,68 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None  # the pipe's write end, for the after-fork handler
+        self._dirs: set[str] = set()  # profiles alive now; at none, the watchdog stops
         self._failed = False
 
     def register_dir(self, path: str) -> None:
-        self._send(f"D {path}")
+        with self._lock:
+            self._dirs.add(path)
+            self._send(f"D {path}")
 
     def register_group(self, pgid: int, path: str) -> None:
-        self._send(f"G {pgid} {path}")
+        with self._lock:
+            self._send(f"G {pgid} {path}")
 
     def forget(self, path: str) -> None:
-        self._send(f"- {path}", start=False)
+        """The instance using ``path`` is torn down; with none left, stop the watchdog.
+
+        Nothing is left running once every pool closed: the watchdog process exits and
+        the launcher thread ends (both start again with the next instance).
+        """
+        # Bounded wait: a teardown never blocks for long on a lock held elsewhere.
+        if not self._lock.acquire(timeout=1.0):
+            return
+        try:
+            if path not in self._dirs:
+                return
+            self._dirs.discard(path)
+            self._send(f"- {path}", start=False)
+            if not self._dirs:
+                self._stop()
+        finally:
+            self._lock.release()
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
     def _send(self, line: str, *, start: bool = True) -> None:
+        # Called with self._lock held.
         if os.name != "posix" or "\n" in line:
             return
-        with self._lock:
-            if self._process is None and start and not self._failed:
-                self._process = self._start()
-                if self._process is not None and self._process.stdin is not None:
-                    self._fd = self._process.stdin.fileno()
-            proc = self._process
-            if proc is None or proc.stdin is None:
-                return
-            try:
-                proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
-                proc.stdin.flush()
-            except OSError:  # the watchdog died: the other layers still hold
-                self._process, self._fd, self._failed = None, None, True
+        if self._process is None and start and not self._failed:
+            self._process = self._start()
+            if self._process is not None and self._process.stdin is not None:
+                self._fd = self._process.stdin.fileno()
+        proc = self._process
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            proc.stdin.flush()
+        except OSError:  # the watchdog died: the other layers still hold
+            self._process, self._fd, self._failed = None, None, True
+
+    def _stop(self) -> None:
+        # Called with self._lock held, once no instance is left: close the pipe (the
+        # watchdog sweeps nothing and exits), reap it, end the launcher thread.
+        proc, self._process, self._fd = self._process, None, None
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait(timeout=5)
+        _launcher.stop()
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
@@ -178,6 +243,7 @@ class _Watchdog:
         # replaced by /dev/null, so whatever later closes that number closes /dev/null.
         fd, self._fd = self._fd, None
         self._lock = threading.Lock()
+        self._dirs = set()
         if self._process is not None:
             _forked_away.append(self._process)  # never finalized here: it is the parent's
         self._process = None

@@ -7,6 +7,7 @@ What a pool tracks about lending (busy, tasks served, last use) is the pool's, n
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -349,8 +350,10 @@ class ChromeInstance:
                 self.driver.quit()  # ends the Grid session
             return
         self._closed = True
-        teardown(local.process, local.user_data_dir)
-        local.remove_files()
+        # No port release and no word to the watchdog: both take locks the interrupted
+        # code may hold. The watchdog sweeps a missing profile harmlessly at exit.
+        teardown(local.process, local.user_data_dir, remove_dir=False, forget=False)
+        shutil.rmtree(local.user_data_dir, ignore_errors=True)
 
     def close(self) -> None:
         """End the session and everything it started. Idempotent; never raises."""

@@ -160,7 +160,11 @@ def find_browser(driver_pid: int, user_data_dir: str) -> psutil.Process | None:
 
 
 def teardown(
-    process: subprocess.Popen[bytes] | None, user_data_dir: str | None, *, remove_dir: bool = True
+    process: subprocess.Popen[bytes] | None,
+    user_data_dir: str | None,
+    *,
+    remove_dir: bool = True,
+    forget: bool = True,
 ) -> None:
     """Kill chromedriver's group and anything naming ``user_data_dir``; wait until gone."""
     killed: list[psutil.Process] = []
@@ -194,7 +198,8 @@ def teardown(
         time.sleep(0.01)
     if remove_dir and user_data_dir:
         shutil.rmtree(user_data_dir, ignore_errors=True)
-        watchdog().forget(user_data_dir)
+        if forget:
+            watchdog().forget(user_data_dir)
 
 
 def alive(proc: psutil.Process) -> bool:
