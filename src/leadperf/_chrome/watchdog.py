@@ -29,8 +29,12 @@ _EXIT_WAIT_S = 10.0
 
 
 def _processes() -> Iterator[tuple[int, int, str, bytes]]:
-    """(pid, pgid, state, cmdline) of every process, from /proc."""
-    for name in os.listdir("/proc"):
+    """(pid, pgid, state, cmdline) of every process, from /proc (none without /proc)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
         if not name.isdigit():
             continue
         try:
@@ -51,6 +55,11 @@ def sweep(groups: dict[str, int], *, wait_s: float = _EXIT_WAIT_S) -> int:
     pgids = {pgid for pgid in groups.values() if pgid > 0}
     dirs = [d.encode() for d in groups]
     killed = 0
+    for pgid in pgids:  # the groups first: this works without /proc too
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
     deadline = time.monotonic() + wait_s
     while True:
         victims = [
