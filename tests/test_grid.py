@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -315,3 +316,36 @@ def test_closing_the_pool_ends_every_grid_session(grid: Grid, pages: Pages) -> N
     # timeout (300 s) is far beyond this wait.
     assert _wait_for(lambda: grid.sessions() == [], timeout=10), "close() ended the sessions"
     assert _wait_for(lambda: not any(_running(p) for p in browsers)), "node's browsers exited"
+
+
+_REMOTE_HOST = """
+import json, sys, time
+from leadperf.pool import ChromePool
+pool = ChromePool(pool_size=1, remote_url=sys.argv[1])
+driver = pool.acquire("held")
+print(json.dumps(str(driver.session_id)), flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_sigterm_to_a_host_ends_its_grid_sessions(grid: Grid, reliability: Any) -> None:
+    host = subprocess.Popen(
+        [sys.executable, "-c", _REMOTE_HOST, grid.url], stdout=subprocess.PIPE, text=True
+    )
+    assert host.stdout is not None
+    session = json.loads(host.stdout.readline())
+    assert grid.sessions() == [session]
+    started = time.monotonic()
+    host.send_signal(signal.SIGTERM)
+    assert host.wait(timeout=60) == -signal.SIGTERM
+    host.stdout.close()
+    assert _wait_for(lambda: grid.sessions() == [], timeout=10), "the session was ended"
+    ended_in = time.monotonic() - started
+    reliability.record(
+        "chrome",
+        "SIGTERM to a host holding a Grid session",
+        "the SIGTERM handler ends the host's Grid sessions before the host dies",
+        f"the Grid held no session {ended_in:.2f}s after the signal (its own idle timeout "
+        "is 300 s)",
+    )

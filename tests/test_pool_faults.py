@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import psutil
 import pytest
 from selenium.common.exceptions import TimeoutException
@@ -292,6 +294,34 @@ def test_close_while_tasks_hold_drivers(
         f"close returned in {closed_in:.2f}s with {len(procs)} processes and 2 profiles gone; "
         f"both tasks got ClosedError within {unblocked_in:.2f}s",
     )
+
+
+@pytest.mark.anyio
+async def test_close_under_an_async_session(paths: dict[str, str], server: HangServer) -> None:
+    pool = ChromePool(pool_size=1, **paths)
+    entered, closed = anyio.Event(), anyio.Event()
+    outcome: list[BaseException | None] = []
+
+    async def task() -> None:
+        try:
+            async with pool.session_async("async-held") as driver:
+                await anyio.to_thread.run_sync(driver.get, server.url("/ok/async"))
+                entered.set()
+                await closed.wait()  # the block ends normally, after the pool closed
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(task)
+        await entered.wait()
+        procs, profiles = _footprint(pool)
+        await pool.aclose()
+        assert _left(procs, profiles) == ([], [])
+        closed.set()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ClosedError), outcome[0]
+    assert "closed while task 'async-held'" in str(outcome[0])
 
 
 _CYCLES = 2000
