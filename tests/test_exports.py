@@ -12,16 +12,6 @@ from typing import Any
 
 import pytest
 
-_XFAIL_PRIVATE_PATHS = {
-    "leadperf.scraper": "leadperf/scraper.py re-exports classes from leadperf._scrape "
-    "without rewriting their __module__ to 'leadperf.scraper'",
-}
-
-_XFAIL_UNDECLARED = {
-    "leadperf.config": "leadperf/config.py defines the public function profile_settings "
-    "but leaves it out of __all__ (add it, or rename it _profile_settings)",
-}
-
 PACKAGES = [
     "leadperf",
     "leadperf.cache",
@@ -63,16 +53,6 @@ def _is_code(value: Any) -> bool:
     return inspect.isclass(value) or inspect.isfunction(value)
 
 
-def _known_gaps(reasons: dict[str, str]) -> list[Any]:
-    """PACKAGES, with the packages listed in ``reasons`` marked strict xfail."""
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=reasons[p]))
-        if p in reasons
-        else p
-        for p in PACKAGES
-    ]
-
-
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_name_in_all_exists(package: str) -> None:
     module = _load(package)
@@ -87,7 +67,7 @@ def test_all_is_sorted_without_repeats(package: str) -> None:
     assert len(set(names)) == len(names)
 
 
-@pytest.mark.parametrize("package", _known_gaps(_XFAIL_UNDECLARED))
+@pytest.mark.parametrize("package", PACKAGES)
 def test_every_public_name_defined_in_the_package_is_in_all(package: str) -> None:
     module = _load(package)
     _exported(module)  # lazy names load, so the namespace holds everything public
@@ -102,7 +82,7 @@ def test_every_public_name_defined_in_the_package_is_in_all(package: str) -> Non
     assert undeclared == []
 
 
-@pytest.mark.parametrize("package", _known_gaps(_XFAIL_PRIVATE_PATHS))
+@pytest.mark.parametrize("package", PACKAGES)
 def test_exported_names_carry_their_public_module_path(package: str) -> None:
     exported = _exported(_load(package))
     private = sorted(
@@ -115,7 +95,7 @@ def test_exported_names_carry_their_public_module_path(package: str) -> None:
 
 def test_public_paths_resolve_back_to_the_same_object() -> None:
     # What a pickle or a docs tool does with a rewritten __module__.
-    for package in ("leadperf", "leadperf.cache", "leadperf.optimize"):
+    for package in ("leadperf", "leadperf.cache", "leadperf.optimize", "leadperf.scraper"):
         for name, value in _exported(_load(package)).items():
             if _is_code(value):
                 home = importlib.import_module(value.__module__)

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import anyio
 import attrs
 import pytest
 
 from leadperf import ClosedError, ConfigError
+from leadperf._core.lifecycle import Closeable, aclose_resource
 from leadperf.monitor import MetricsRegistry, SystemMonitor, flatten_stats, get_registry
 
 
@@ -60,6 +62,32 @@ async def test_background_sampling_runs_and_stops() -> None:
     await mon.stop()  # idempotent
     with pytest.raises(ClosedError):
         await mon.start()
+
+
+@pytest.mark.anyio
+async def test_monitor_closes_through_the_one_lifecycle_interface() -> None:
+    mon = SystemMonitor(interval=0.05)
+    assert isinstance(mon, Closeable)
+    await mon.start()
+    with anyio.fail_after(5):
+        while not mon.history():
+            await anyio.sleep(0.02)
+    await aclose_resource(mon)  # how the facade closes every part
+    assert mon.closed
+    assert not mon.running
+    assert not [t for t in threading.enumerate() if t.name == "leadperf-monitor"]
+    await mon.aclose()  # idempotent
+    assert mon.history()  # what was sampled stays readable
+    with pytest.raises(ClosedError, match="cannot be reopened"):
+        mon.start_sync()
+
+
+def test_sync_with_starts_and_closes_the_sampling_thread() -> None:
+    with SystemMonitor(interval=0.05) as mon:
+        assert mon.running
+    assert mon.closed
+    assert not mon.running
+    assert not [t for t in threading.enumerate() if t.name == "leadperf-monitor"]
 
 
 def test_bad_arguments() -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from engines import ENGINES
 from leadperf import Settings
+from leadperf._core.lifecycle import Closeable, aclose_resource
 from leadperf.cache import MemoryCache
 from leadperf.errors import (
     ClosedError,
@@ -674,6 +675,23 @@ async def test_closed_scraper_raises_and_close_is_idempotent(server: ScrapeServe
         async with s:
             pass
     assert "closed" in repr(s)
+
+
+@pytest.mark.anyio
+async def test_scraper_is_a_shared_lifecycle_resource(server: ScrapeServer) -> None:
+    s = scraper()
+    assert isinstance(s, Closeable)
+    assert not s.closed
+    assert await s.open() is s  # open() without entering: the engine on this loop
+    assert await s.open() is s  # idempotent
+    assert (await s.fetch(server.url(0, "/page/open"))).ok
+    await aclose_resource(s)  # how the facade closes every part
+    await s.aclose()  # idempotent, and close() is the same close
+    await s.close()
+    assert s.closed
+    assert s._engine is None
+    with pytest.raises(ClosedError, match="cannot be reopened"):
+        await s.open()
 
 
 @pytest.mark.anyio

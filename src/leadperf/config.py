@@ -18,6 +18,13 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
+from ._core.validate import (
+    as_attrs,
+    boolean,
+    non_negative_int,
+    positive_int,
+    positive_number,
+)
 from ._util import mask_url, require
 from .errors import ConfigError
 
@@ -34,6 +41,7 @@ __all__ = [
     "ScraperSettings",
     "Settings",
     "TaskSettings",
+    "profile_settings",
 ]
 
 ProfileName = Literal["balanced", "memory_focused", "performance_focused"]
@@ -44,13 +52,18 @@ T = TypeVar("T")
 # -- validators ---------------------------------------------------------------------------
 
 
+def _field_name(inst: Any, attribute: attrs.Attribute[Any]) -> str:
+    """A settings field as users write it: ``"section.key"`` (``"cache.max_size"``)."""
+    section = _SECTION_NAMES.get(type(inst), "")
+    return f"{section}.{attribute.name}" if section else attribute.name
+
+
 def _check(
     ok: Callable[[Any], bool], problem: str
 ) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def validate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not ok(value):
-            section = _SECTION_NAMES.get(type(inst), "")
-            key = f"{section}.{attribute.name}" if section else attribute.name
+            key = _field_name(inst, attribute)
             raise ConfigError(f"{key}: {problem}, got {value!r}", key=key)
 
     return validate
@@ -64,10 +77,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-_positive_int = _check(lambda v: _is_int(v) and v > 0, "must be an integer > 0")
-_non_negative_int = _check(lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
-_positive_num = _check(lambda v: _is_num(v) and v > 0, "must be a number > 0")
-_bool = _check(lambda v: isinstance(v, bool), "must be true or false")
+_positive_int = as_attrs(positive_int, name=_field_name)
+_non_negative_int = as_attrs(non_negative_int, name=_field_name)
+# Infinity stays accepted, as it always was (an unbounded interval or timeout).
+_positive_num = as_attrs(positive_number, name=_field_name, finite=False)
+_bool = as_attrs(boolean, name=_field_name)
 _opt_str = _check(lambda v: v is None or isinstance(v, str), "must be a string or null")
 
 

@@ -16,14 +16,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import attrs
 import psutil
 
+from ._core.lifecycle import SyncResource
+from ._core.validate import at_least, positive_number
 from .config import Settings
-from .errors import ClosedError, ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "MetricsRegistry",
@@ -79,12 +81,16 @@ class MonitorSummary:
     children_rss_mb_max: float
 
 
-class SystemMonitor:
+class SystemMonitor(SyncResource):
     """Sample the system with psutil, in a worker thread, every ``interval`` seconds.
 
     ``interval`` defaults to ``settings.monitoring.metrics_interval``; ``history`` bounds
     the number of snapshots kept. Use ``async with monitor:`` (or :meth:`start` /
     :meth:`stop`) for background sampling, or call :meth:`sample` directly.
+
+    The lifecycle is the shared one: starting opens, stopping closes (``stop``,
+    ``stop_sync``, ``close`` and ``aclose`` are the same idempotent close), a closed
+    monitor never starts again (:class:`ClosedError`) and its history stays readable.
     """
 
     def __init__(
@@ -96,17 +102,13 @@ class SystemMonitor:
     ) -> None:
         settings = settings or Settings.from_env()
         interval = settings.monitoring.metrics_interval if interval is None else interval
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
-            raise ConfigError(f"interval must be a number of seconds > 0, got {interval!r}")
-        if not isinstance(history, int) or history < 1:
-            raise ConfigError(f"history must be an integer >= 1, got {history!r}")
-        self.interval = float(interval)
+        self.interval = positive_number(interval, "interval")
+        at_least(history, "history", 1, integer=True)
         self._history: deque[SystemSnapshot] = deque(maxlen=history)
         self._process = psutil.Process(os.getpid())
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._closed = False
         # CPU percentages are deltas against the previous sample, kept here rather than in
         # psutil's cpu_percent(interval=None), whose state is per thread (samples run on
         # whichever worker thread is free, so psutil's would often compare with nothing).
@@ -223,35 +225,53 @@ class SystemMonitor:
                 pass  # a transient /proc read failure must not end monitoring
             stop.wait(self.interval)
 
-    def start_sync(self) -> None:
-        """Start sampling in a background thread until :meth:`stop_sync`."""
-        if self._closed:
-            raise ClosedError("this SystemMonitor is closed; create a new one")
-        if self._thread is not None:
-            return
+    def _open(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(self._stop,), name="leadperf-monitor", daemon=True
         )
         self._thread.start()
 
-    def stop_sync(self) -> None:
-        """Stop background sampling and wait for the thread; idempotent."""
+    def _close(self) -> None:
         thread, self._thread = self._thread, None
         self._stop.set()
         if thread is not None:
             thread.join()
-        self._closed = True
+
+    def start_sync(self) -> None:
+        """Start sampling in a background thread until :meth:`stop_sync` (idempotent).
+
+        Raises:
+            ClosedError: the monitor was stopped; create a new one.
+        """
+        self.open()
+
+    def stop_sync(self) -> None:
+        """Stop background sampling and wait for the thread; idempotent."""
+        self.close()
 
     async def start(self) -> None:
-        """Start sampling in the background until :meth:`stop`."""
-        self.start_sync()
+        """Start sampling in the background until :meth:`stop` (idempotent).
+
+        Raises:
+            ClosedError: the monitor was stopped; create a new one.
+        """
+        self.open()
 
     async def stop(self) -> None:
         """Stop background sampling; idempotent. The history stays readable."""
-        await anyio.to_thread.run_sync(self.stop_sync)
+        await self.aclose()
 
-    async def __aenter__(self) -> SystemMonitor:
+    async def aclose(self) -> None:
+        """Stop background sampling without blocking the event loop; idempotent.
+
+        The one close interface owners use (:class:`~leadperf._core.lifecycle.Closeable`).
+        """
+        if not self.closed:
+            # Joining the sampling thread waits out a sample in progress: off the loop.
+            await anyio.to_thread.run_sync(self.close)
+
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -261,19 +281,7 @@ class SystemMonitor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
-
-    def __enter__(self) -> SystemMonitor:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_sync()
+        await self.aclose()
 
     @property
     def running(self) -> bool:

@@ -34,13 +34,15 @@ from typing import Any
 
 import anyio
 
+from ._core.lazy import publish
+from ._core.validate import non_negative_number, positive_int, positive_number
 from ._scrape._batch import Batches, Progress
 from ._scrape._client import ScrapeClient, build_request
 from ._scrape._engine import ENGINES, Engine, Response
 from ._scrape._lifecycle import Lifecycle, Owner
 from ._scrape._pipeline import CacheLike, Pipeline, ScrapeFunc, _Pending, acquire_slot
 from ._scrape._platform import Platform, platform_key
-from ._scrape._policy import PlatformLimits, RetryPolicy, check_int, check_number
+from ._scrape._policy import PlatformLimits, RetryPolicy
 from ._scrape._proxy import ProxyRotation, check_proxy
 from ._scrape._request import Limits
 from ._scrape._results import (
@@ -168,22 +170,21 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
     ) -> None:
         settings = settings or Settings.from_env()
         conf = settings.scraper
-        self.max_concurrent = check_int(
-            "max_concurrent", conf.max_concurrent if max_concurrent is None else max_concurrent
+        self.max_concurrent = positive_int(
+            conf.max_concurrent if max_concurrent is None else max_concurrent, "max_concurrent"
         )
-        self.timeout = check_number(
-            "timeout", conf.timeout if timeout is None else timeout, strict=True
+        self.timeout = positive_number(
+            conf.timeout if timeout is None else timeout, "timeout", finite=False
         )
-        self.max_connections = check_int(
-            "max_connections", conf.max_connections if max_connections is None else max_connections
+        self.max_connections = positive_int(
+            conf.max_connections if max_connections is None else max_connections, "max_connections"
         )
         self.retry = _retry_of(retry)
         self._cache = _protocol(
             cache, "cache", ("get", "set"), "a leadperf cache (async get/set), e.g. MemoryCache()"
         )
-        self.cache_ttl = check_number(
-            "cache_ttl", settings.cache.default_ttl if cache_ttl is None else cache_ttl, strict=True
-        )
+        ttl = settings.cache.default_ttl if cache_ttl is None else cache_ttl
+        self.cache_ttl = positive_number(ttl, "cache_ttl", finite=False)
         if platform_of is not None and not callable(platform_of):
             raise ConfigError(
                 f"platform_of: must be a callable url -> platform name, got {platform_of!r}",
@@ -223,7 +224,6 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         self._owner: Owner | None = None
         self._borrowers = 0
         self._borrowed = False
-        self._closed = False
         self._tg = None
         self._iterations: set[anyio.CancelScope] = set()
         self._tg_task = 0
@@ -246,7 +246,7 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         self._proxy = None if proxy is None else check_proxy(proxy)
         if proxies is not None and self._proxy is not None:
             raise ConfigError("proxy and proxies: pass one or the other", key="proxies")
-        bench = check_number("proxy_bench_seconds", bench, strict=False)
+        bench = non_negative_number(bench, "proxy_bench_seconds", finite=False)
         self._proxies = None if proxies is None else ProxyRotation(proxies, bench)
         if self._proxies is not None:
             if self.engine_name == "native":
@@ -289,7 +289,7 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         )
         if max_body_size is not None:
             base = Limits(
-                max_body_size=check_int("max_body_size", max_body_size),
+                max_body_size=positive_int(max_body_size, "max_body_size"),
                 max_head_size=base.max_head_size,
                 max_header_count=base.max_header_count,
                 max_redirects=base.max_redirects,
@@ -297,7 +297,7 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         return base
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if self._engine else "idle")
+        state = "closed" if self.closed else ("open" if self._engine else "idle")
         proxy = f" proxy={mask_url(self._proxy)}" if self._proxy else ""
         if self._proxies is not None:
             proxy = f" proxies={len(self._proxies.proxies)}"
@@ -490,3 +490,8 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
             latency_p99=percentile(ordered, 0.99),
             throughput=(len(finished) - 1) / span if span > 0 else 0.0,
         )
+
+
+# The classes defined in leadperf._scrape carry their public path: leadperf.scraper.Limits.
+for _name in __all__:
+    publish(__name__, globals()[_name])

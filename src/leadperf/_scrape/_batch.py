@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, TypeAlias
 import anyio
 import attrs
 
+from .._core.validate import non_negative_number, positive_int
 from .._util import require
 from ..errors import ClosedError, ConfigError, LeadperfError
 from ._pipeline import ScrapeFunc
-from ._policy import check_int, check_number
 from ._results import ScrapeResult
 from ._run import Job, Run
 
@@ -58,7 +58,6 @@ class Batches:
 
     max_connections: int
     _tg: TaskGroup | None
-    _closed: bool
     _iterations: set[anyio.CancelScope]
     _dedup: SharedDedup | None
     _counters: Counters
@@ -67,6 +66,8 @@ class Batches:
 
         def _job(self, index: int, url: object) -> Job[ScrapeResult]: ...
         def _finish(self, result: ScrapeResult) -> ScrapeResult: ...
+        @property
+        def closed(self) -> bool: ...
         def _check_open(self) -> None: ...
         def _ensure_open(self) -> None: ...
         def _count_error(self, kind: str) -> None: ...
@@ -87,11 +88,11 @@ class Batches:
                 f"urls: must be an iterable of URL strings, got {type(urls).__name__}", key="urls"
             )
         _check_scrape_func(scrape_func)
-        delay = check_number("delay_seconds", delay_seconds, strict=False)
+        delay = non_negative_number(delay_seconds, "delay_seconds", finite=False)
         lookahead = (
             max(1_000, 10 * self.max_connections)
             if batch_size is None
-            else check_int("batch_size", batch_size)
+            else positive_int(batch_size, "batch_size")
         )
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise ConfigError(
@@ -316,7 +317,7 @@ class Batches:
                 yield result
             # Closed mid-iteration: workers may have hit the closed scraper before the
             # cancellation reached them; the cause that matters is the close itself.
-            if failures and not (self._closed and not finished):
+            if failures and not (self.closed and not finished):
                 raise failures[0]
             if not finished:
                 raise ClosedError("the AsyncScraper was closed before scrape_iter() finished")

@@ -5,6 +5,11 @@ calls from any other thread (a script's main thread beside leadperf's portal, a 
 cell's loop) run on that loop; a blocking call from the loop's own thread would freeze it
 and is refused. ``await`` on a scraper from another loop is refused up front with one
 clear error, instead of failing deep inside with a cross-loop error.
+
+The state is the shared :class:`~leadperf._core.lifecycle.AsyncResource` one: ``NEW``
+while idle (no engine, or one borrowed by ``*_sync`` calls for their duration), ``OPEN``
+once the engine is opened for the scraper's use, ``CLOSED`` for good. ``aclose()`` and
+``close()`` are the same idempotent close.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
 
 import anyio
 
+from .._core.lifecycle import AsyncResource, State
 from .._portal import run_sync
 from ..errors import ClosedError, ConfigError, LeadperfError
 from ._engine import Engine, make_engine
@@ -34,8 +40,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
     return asyncio._get_running_loop()
 
 
-class Lifecycle:
+class Lifecycle(AsyncResource):
     """Open, enter, close and the blocking bridge, mixed into :class:`AsyncScraper`."""
+
+    # Closing reaches background iterations and a borrowed engine even when never opened.
+    _close_when_new = True
 
     engine_name: str
     max_connections: int
@@ -52,21 +61,11 @@ class Lifecycle:
     _owner: Owner | None
     _borrowers: int
     _borrowed: bool
-    _closed: bool
     _tg: TaskGroup | None
     _tg_task: int
     _iterations: set[anyio.CancelScope]
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran; a closed scraper is never reopened."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("this AsyncScraper is closed; create a new one")
-
-    def _open_engine(self, owner: Owner) -> Engine:
+    def _open_engine(self, owner: Owner, *, borrow: bool = False) -> Engine:
         self._check_open()
         if self._engine is None:
             loop = _running_loop()
@@ -86,7 +85,14 @@ class Lifecycle:
             )
             self._loop = loop
             self._owner = owner
+        if not borrow and self._state is State.NEW:
+            self._state = State.OPEN
+            self._borrowed = False  # opened for good while borrowed: it stays open
         return self._engine
+
+    async def _aopen(self) -> None:
+        """``open()``: the engine on this loop (``async with`` also starts a task group)."""
+        self._ensure_open()
 
     def _ensure_open(self) -> None:
         """Open the engine on this loop, or check an open one lives on this loop."""
@@ -137,20 +143,20 @@ class Lifecycle:
             scope.cancel()
 
     async def close(self) -> None:
-        """Stop background iterations and close every connection. Idempotent."""
+        """Stop background iterations and close every connection (:meth:`aclose`)."""
+        await self.aclose()
+
+    async def _aclose(self) -> None:
         loop = self._loop
         elsewhere = loop is not None and loop is not _running_loop() and loop.is_running()
         if self._engine is not None and elsewhere:
             assert loop is not None  # opened on another running loop: close it where it lives
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.close(), loop))
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._aclose(), loop))
             return
-        self._closed = True
         self._stop_iterations()
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.aclose()
-
-    aclose = close
 
     def __enter__(self) -> Self:
         self._check_open()
@@ -170,9 +176,9 @@ class Lifecycle:
     def close_sync(self) -> None:
         """Blocking :meth:`close`."""
         if self._engine is None:
-            self._closed = True
+            self._state = State.CLOSED
             return
-        self._block(self.close, "close")
+        self._block(self.aclose, "close")
 
     async def _open_on_portal(self) -> None:
         self._open_engine("portal")
@@ -207,7 +213,7 @@ class Lifecycle:
 
     async def _borrow(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._engine is None:
-            self._open_engine("portal")
+            self._open_engine("portal", borrow=True)
             self._borrowed = True  # opened for these calls only: closed after the last one
         self._borrowers += 1
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .._core.validate import as_attrs, at_least
 from ..errors import ConfigError, HTTPStatusError, ScrapeConnectionError, ScrapeTimeoutError
 
 __all__ = [
@@ -19,8 +20,6 @@ __all__ = [
     "DEFAULT_RETRY_STATUSES",
     "PlatformLimits",
     "RetryPolicy",
-    "check_int",
-    "check_number",
 ]
 
 #: Statuses retried by default: timeouts, throttling and every server error.
@@ -47,21 +46,6 @@ def _check_retry_on(inst: Any, attribute: attrs.Attribute[Any], value: frozenset
             )
 
 
-def _number(minimum: float, *, strict: bool = False, integer: bool = False) -> Any:
-    def validate(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        ok_type = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
-        ok = ok_type and (value > minimum if strict else value >= minimum)
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            op = ">" if strict else ">="
-            raise ConfigError(
-                f"{attribute.name}: must be {kind} {op} {minimum}, got {value!r}",
-                key=attribute.name,
-            )
-
-    return validate
-
-
 def _retry_on_repr(value: frozenset[Any]) -> str:
     statuses = sorted(v for v in value if isinstance(v, int))
     errors = sorted(v.__name__ for v in value if isinstance(v, type))
@@ -86,9 +70,9 @@ class RetryPolicy:
     Bad values raise :class:`ConfigError` naming the field.
     """
 
-    attempts: int = attrs.field(default=3, validator=_number(1, integer=True))
-    backoff: float = attrs.field(default=0.5, validator=_number(0))
-    max_backoff: float = attrs.field(default=30.0, validator=_number(0))
+    attempts: int = attrs.field(default=3, validator=as_attrs(at_least, 1, integer=True))
+    backoff: float = attrs.field(default=0.5, validator=as_attrs(at_least, 0))
+    max_backoff: float = attrs.field(default=30.0, validator=as_attrs(at_least, 0))
     jitter: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     retry_on: frozenset[int | type[BaseException]] = attrs.field(
         default=DEFAULT_RETRY_STATUSES | DEFAULT_RETRY_ERRORS,
@@ -96,7 +80,7 @@ class RetryPolicy:
         validator=_check_retry_on,
         repr=_retry_on_repr,
     )
-    max_retry_after: float = attrs.field(default=300.0, validator=_number(0))
+    max_retry_after: float = attrs.field(default=300.0, validator=as_attrs(at_least, 0))
 
     def evolve(self, **changes: Any) -> RetryPolicy:
         """Return a copy with ``changes`` (validated like the constructor)."""
@@ -141,30 +125,14 @@ class PlatformLimits:
     """
 
     max_concurrent: int | None = attrs.field(default=None)
-    delay: float = attrs.field(default=0.0, validator=_number(0))
+    delay: float = attrs.field(default=0.0, validator=as_attrs(at_least, 0))
     adaptive: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     @max_concurrent.validator
     def _check_max_concurrent(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None:
-            _number(1, integer=True)(self, attribute, value)
+            at_least(value, attribute.name, 1, integer=True)
 
     def evolve(self, **changes: Any) -> PlatformLimits:
         """Return a copy with ``changes`` (validated like the constructor)."""
         return attrs.evolve(self, **changes)
-
-
-def check_int(name: str, value: Any) -> int:
-    """``value`` when it is an int > 0; :class:`ConfigError` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}: must be an integer > 0, got {value!r}", key=name)
-    return value
-
-
-def check_number(name: str, value: Any, *, strict: bool) -> float:
-    """``value`` as a float when it is a number > 0 (>= 0 unless ``strict``)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or (value <= 0 if strict else value < 0) or value != value:
-        op = ">" if strict else ">="
-        raise ConfigError(f"{name}: must be a number {op} 0, got {value!r}", key=name)
-    return float(value)

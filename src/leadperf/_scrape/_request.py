@@ -16,18 +16,11 @@ from urllib.parse import urlencode
 
 import attrs
 
+from .._core.validate import as_attrs, positive_int
+
 __all__ = ["DEFAULT_LIMITS", "Limits", "Request", "encode_body"]
 
 MiB = 1024 * 1024
-
-
-def _positive(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            f"{attribute.name}: must be a positive integer, got {value!r}", key=attribute.name
-        )
 
 
 @attrs.frozen(slots=True)
@@ -41,10 +34,10 @@ class Limits:
         max_redirects: redirects followed before :class:`TooManyRedirectsError`.
     """
 
-    max_body_size: int = attrs.field(default=32 * MiB, validator=_positive)
-    max_head_size: int = attrs.field(default=64 * 1024, validator=_positive)
-    max_header_count: int = attrs.field(default=100, validator=_positive)
-    max_redirects: int = attrs.field(default=20, validator=_positive)
+    max_body_size: int = attrs.field(default=32 * MiB, validator=as_attrs(positive_int))
+    max_head_size: int = attrs.field(default=64 * 1024, validator=as_attrs(positive_int))
+    max_header_count: int = attrs.field(default=100, validator=as_attrs(positive_int))
+    max_redirects: int = attrs.field(default=20, validator=as_attrs(positive_int))
 
 
 DEFAULT_LIMITS = Limits()

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import httpx
 
+from .._core.stats import percentile
 from .._util import mask_url
 from ._engine import Response, decode
 
@@ -164,12 +165,6 @@ class Counters:
         self.status_codes: dict[int, int] = {}
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.finished: deque[float] = deque(maxlen=LATENCY_WINDOW)
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def result_of(

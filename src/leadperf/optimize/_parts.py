@@ -17,7 +17,6 @@ import attrs
 from .._core.lifecycle import aclose_resource
 from .._portal import get_portal, run_sync
 from ..errors import LeadperfError
-from ..monitor import SystemMonitor
 
 __all__ = [
     "Blocking",
@@ -44,8 +43,6 @@ async def close_part(part: Any, *, entered: bool) -> None:
     """
     if entered:
         await part.__aexit__(None, None, None)
-    elif isinstance(part, SystemMonitor):  # its close is stop(): sampling ends, history stays
-        await part.stop()
     else:
         await aclose_resource(part)
 
