@@ -21,7 +21,7 @@ async def main() -> None:
         try:
             rows = [{"email": f"lead{i}@example.com", "score": i} for i in range(10_000)]
             first = await db.bulk_upsert(table, rows, key=("email",))
-            rows = [{**r, "score": r["score"] + 1} for r in rows[:500]]
+            rows = [{"email": f"lead{i}@example.com", "score": i + 1} for i in range(500)]
             second = await db.bulk_upsert(table, rows, key=("email",))
             print(f"inserted {first.inserted} at {first.rows_per_second:,.0f} rows/s;")
             print(f"then updated {second.updated}")

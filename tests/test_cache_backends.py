@@ -591,6 +591,7 @@ async def test_memory_max_bytes_evicts_by_size_and_refuses_a_huge_value(
         assert c.size_bytes <= 1_000_000
     s = c.stats()
     assert s.evictions >= 20
+    assert s.size is not None
     assert 0 < s.size <= 9
     assert await c.get("page29") == b"x" * 100_000  # the newest stay
     assert await c.get("page0") is None

@@ -61,7 +61,7 @@ def test_import_is_light() -> None:
 
 def test_unknown_attribute() -> None:
     with pytest.raises(AttributeError):
-        _ = leadperf.DoesNotExist  # type: ignore[attr-defined]
+        _ = leadperf.DoesNotExist
 
 
 def test_error_hierarchy_and_builtins() -> None:

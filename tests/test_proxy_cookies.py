@@ -139,8 +139,8 @@ class HttpProxy(_Threaded):
             return False
         body = await reader.readexactly(int(headers.get("content-length", 0)))
         parts = urlsplit(target)
-        host, port = self.upstream or (parts.hostname, parts.port or 80)
-        up_reader, up_writer = await asyncio.open_connection(host, port)
+        to_host, to_port = self.upstream or (parts.hostname, parts.port or 80)
+        up_reader, up_writer = await asyncio.open_connection(to_host, to_port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         kept = [
             line
@@ -339,14 +339,15 @@ def test_the_native_engine_refuses_what_it_cannot_do(monkeypatch: pytest.MonkeyP
 
 
 def test_bad_proxy_arguments_raise_config_error() -> None:
-    for kwargs in (
+    cases: tuple[dict[str, Any], ...] = (
         {"proxy": "ftp://127.0.0.1:21"},
         {"proxy": "not a url"},
         {"proxies": []},
         {"proxies": "http://127.0.0.1:3128"},
         {"proxy": "http://127.0.0.1:3128", "proxies": ["http://127.0.0.1:3129"]},
         {"cookies": "yes"},
-    ):
+    )
+    for kwargs in cases:
         with pytest.raises(ConfigError):
             scraper(**kwargs)
 
