@@ -9,6 +9,7 @@ every later sync call on them goes through the same portal.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -51,3 +52,23 @@ def _shutdown() -> None:
             cm.__exit__(None, None, None)
         except Exception:  # best effort at interpreter exit
             pass
+
+
+def _forget_in_child() -> None:
+    # A forked child (a Celery prefork worker, multiprocessing's fork start method) inherits
+    # the parent's portal object but not its thread: the loop it points at is dead there.
+    # Start afresh on the child's first sync call. The inherited objects are kept alive on
+    # purpose: finalizing the portal's context manager would try to stop a loop thread that
+    # does not exist in the child and hang.
+    global _lock, _portal, _portal_cm
+    if _portal_cm is not None:
+        _inherited.append((_portal, _portal_cm))
+    _lock = threading.Lock()
+    _portal = None
+    _portal_cm = None
+
+
+_inherited: list[tuple[object, object]] = []
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
