@@ -7,6 +7,10 @@ profile defaults. Every env name and YAML key is listed in ``ENV_VARS`` and
 >>> s = Settings(profile="memory_focused")
 >>> s.evolve(scraper={"max_concurrent": 8}).scraper.max_concurrent
 8
+
+Length: over 600 lines because the whole settings schema (eight sections with their
+validators, the env and YAML name tables, the profiles' values) is kept in one place
+users read; loading and coercion are small functions below it.
 """
 
 from __future__ import annotations
@@ -515,47 +519,8 @@ class Settings:
         env = os.environ if environ is None else environ
         layers: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
-
-        # YAML (lowest explicit layer).
-        if yaml_data:
-            for section, values in yaml_data.items():
-                if section in ("profile", "log_level"):
-                    top[section] = values
-                    continue
-                if section not in _SECTIONS:
-                    raise ConfigError(
-                        f"performance.{section}: unknown section; known sections are "
-                        f"{', '.join(_SECTIONS)}, profile, log_level",
-                        key=f"performance.{section}",
-                    )
-                if not isinstance(values, Mapping):
-                    raise ConfigError(
-                        f"performance.{section}: must be a mapping", key=f"performance.{section}"
-                    )
-                fields = attrs.fields_dict(_SECTIONS[section])
-                for key, value in values.items():
-                    if key not in fields:
-                        raise ConfigError(
-                            f"performance.{section}.{key}: unknown key; known keys are "
-                            f"{', '.join(fields)}",
-                            key=f"performance.{section}.{key}",
-                        )
-                    if key == "compression" and isinstance(value, bool):
-                        value = _compression(value)
-                    layers[section][key] = _coerce(
-                        f"performance.{section}.{key}", value, fields[key].type
-                    )
-
-        # Environment over YAML.
-        for env_name, (section, key) in ENV_VARS.items():
-            raw = env.get(env_name)
-            if raw is None or raw == "":
-                continue
-            if section == "":
-                top[key] = _coerce(env_name, raw.upper() if key == "log_level" else raw, "str")
-            else:
-                ftype = attrs.fields_dict(_SECTIONS[section])[key].type
-                layers[section][key] = _coerce(env_name, raw, ftype)
+        _yaml_layer(yaml_data or {}, layers, top)  # the lowest explicit layer
+        _env_layer(env, layers, top)  # environment over YAML
 
         # A Redis URL given without REDIS_ENABLED means "use it" (the seed needed both, and
         # silently fell back to memory when the flag was missing); REDIS_ENABLED=false wins.
@@ -578,6 +543,51 @@ class Settings:
         base = Settings(profile=chosen_profile or "balanced", **top)
         sections = {name: values for name, values in layers.items() if values}
         return base.evolve(**sections) if sections else base
+
+
+def _yaml_layer(
+    yaml_data: Mapping[str, Any], layers: dict[str, dict[str, Any]], top: dict[str, Any]
+) -> None:
+    """Add the YAML file's values to ``layers`` (per section) and ``top``, checked."""
+    for section, values in yaml_data.items():
+        if section in ("profile", "log_level"):
+            top[section] = values
+            continue
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"performance.{section}: unknown section; known sections are "
+                f"{', '.join(_SECTIONS)}, profile, log_level",
+                key=f"performance.{section}",
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"performance.{section}: must be a mapping", key=f"performance.{section}"
+            )
+        fields = attrs.fields_dict(_SECTIONS[section])
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"performance.{section}.{key}: unknown key; known keys are {', '.join(fields)}",
+                    key=f"performance.{section}.{key}",
+                )
+            if key == "compression" and isinstance(value, bool):
+                value = _compression(value)
+            layers[section][key] = _coerce(f"performance.{section}.{key}", value, fields[key].type)
+
+
+def _env_layer(
+    env: Mapping[str, str], layers: dict[str, dict[str, Any]], top: dict[str, Any]
+) -> None:
+    """Add the environment's values (``ENV_VARS``) over the YAML ones, coerced and checked."""
+    for env_name, (section, key) in ENV_VARS.items():
+        raw = env.get(env_name)
+        if raw is None or raw == "":
+            continue
+        if section == "":
+            top[key] = _coerce(env_name, raw.upper() if key == "log_level" else raw, "str")
+        else:
+            ftype = attrs.fields_dict(_SECTIONS[section])[key].type
+            layers[section][key] = _coerce(env_name, raw, ftype)
 
 
 #: Read by :meth:`Settings.from_env` when present and ``LEADPERF_CONFIG`` is not set.
