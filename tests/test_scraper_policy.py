@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from leadperf import Settings
 from leadperf._scrape._platform import (
     MIN_ADAPTIVE_DELAY,
     RECOVER_AFTER,
@@ -21,7 +22,7 @@ from leadperf.errors import (
     ScrapeConnectionError,
     ScrapeTimeoutError,
 )
-from leadperf.scraper import RetryPolicy
+from leadperf.scraper import AsyncScraper, Limits, PlatformLimits, RetryPolicy
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
@@ -167,3 +168,35 @@ def test_many_hosts_never_get_two_limiters_while_queued() -> None:
     for i in range(2_500, 5_000):
         scraper._job(i, f"http://other-{i}.example/").platform.pending -= 1  # type: ignore[union-attr]
     assert len(scraper._platforms) < 4_000  # idle platforms were forgotten
+
+
+@pytest.mark.parametrize(
+    ("build", "key", "text"),
+    [
+        (lambda: Limits(max_body_size=0), "max_body_size", "must be an integer > 0, got 0"),
+        (lambda: Limits(max_redirects=True), "max_redirects", "must be an integer > 0"),
+        (lambda: RetryPolicy(attempts=0), "attempts", "must be an integer >= 1, got 0"),
+        (lambda: RetryPolicy(backoff=float("nan")), "backoff", "must be a number >= 0"),
+        (lambda: PlatformLimits(delay=-1), "delay", "must be a number >= 0, got -1"),
+        (lambda: PlatformLimits(max_concurrent=0), "max_concurrent", "an integer >= 1"),
+        (lambda: AsyncScraper(settings=Settings(), timeout=0), "timeout", "a number > 0"),
+        (
+            lambda: AsyncScraper(settings=Settings(), max_connections=1.5),  # type: ignore[arg-type]
+            "max_connections",
+            "must be an integer > 0, got 1.5",
+        ),
+        (
+            lambda: AsyncScraper(settings=Settings(), cookies=1),  # type: ignore[arg-type]
+            "cookies",
+            "must be True or False, got 1",
+        ),
+    ],
+)
+def test_policy_values_name_the_bad_argument(
+    build: Callable[[], object], key: str, text: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+    assert text in str(info.value)
