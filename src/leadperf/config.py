@@ -8,7 +8,7 @@ profile defaults. Every env name and YAML key is listed in ``ENV_VARS`` and
 >>> s.evolve(scraper={"max_concurrent": 8}).scraper.max_concurrent
 8
 
-Length: over 600 lines because the whole settings schema (eight sections with their
+Length: over 600 lines because the whole settings schema (nine sections with their
 validators, the env and YAML name tables, the profiles' values) is kept in one place
 users read; loading and coercion are small functions below it.
 """
@@ -16,6 +16,7 @@ users read; loading and coercion are small functions below it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -42,6 +43,7 @@ __all__ = [
     "MemorySettings",
     "MonitoringSettings",
     "ResourceSettings",
+    "ScaleSettings",
     "ScraperSettings",
     "Settings",
     "TaskSettings",
@@ -85,6 +87,8 @@ _positive_int = as_attrs(positive_int, name=_field_name)
 _non_negative_int = as_attrs(non_negative_int, name=_field_name)
 # Infinity stays accepted, as it always was (an unbounded interval or timeout).
 _positive_num = as_attrs(positive_number, name=_field_name, finite=False)
+# For values a part refuses when infinite (a sampling interval, a lease).
+_finite_num = as_attrs(positive_number, name=_field_name)
 _bool = as_attrs(boolean, name=_field_name)
 _opt_str = _check(lambda v: v is None or isinstance(v, str), "must be a string or null")
 
@@ -186,7 +190,8 @@ class MonitoringSettings:
     """Monitoring: on/off, sampling interval (seconds), psutil system sampling."""
 
     enabled: bool = attrs.field(default=True, validator=_bool)
-    metrics_interval: float = attrs.field(default=60.0, validator=_positive_num)
+    # Finite: the system monitor refuses an infinite interval, so the facade could not build it.
+    metrics_interval: float = attrs.field(default=60.0, validator=_finite_num)
     system_monitoring: bool = attrs.field(default=True, validator=_bool)
 
 
@@ -257,6 +262,35 @@ class TaskSettings:
     workers: int = attrs.field(default=4, validator=_positive_int)
 
 
+@attrs.frozen
+class ScaleSettings:
+    """Scale-out: the per-platform limiter and the dedup set every worker shares.
+
+    ``limiter_url`` (Redis) makes the facade's scraper share each platform's concurrency,
+    spacing and slow-down with every worker pointed at the same Redis and ``namespace``;
+    ``dedup_url`` (Redis or PostgreSQL) makes a batch spread over workers fetch each URL
+    once. ``lease_seconds``: how long a killed worker's slots stay held. ``namespace``
+    prefixes the keys, so several deployments can share one Redis.
+    """
+
+    limiter_url: str | None = attrs.field(
+        default=None, validator=_url("redis", "rediss", "unix"), repr=_masked
+    )
+    dedup_url: str | None = attrs.field(
+        default=None,
+        validator=_url("redis", "rediss", "unix", "postgresql", "postgres"),
+        repr=_masked,
+    )
+    lease_seconds: float = attrs.field(default=30.0, validator=_finite_num)
+    namespace: str = attrs.field(
+        default="leadperf",
+        validator=_check(
+            lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v) is not None,
+            "must be 1-64 letters, digits or _.:-",
+        ),
+    )
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "cache": CacheSettings,
     "database": DatabaseSettings,
@@ -266,6 +300,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "resources": ResourceSettings,
     "memory": MemorySettings,
     "tasks": TaskSettings,
+    "scale": ScaleSettings,
 }
 
 _SECTION_NAMES: dict[type[Any], str] = {cls: name for name, cls in _SECTIONS.items()}
@@ -359,6 +394,10 @@ def _to_tasks(value: Any) -> Any:
     return _convert_section("tasks", value)
 
 
+def _to_scale(value: Any) -> Any:
+    return _convert_section("scale", value)
+
+
 def _section_type(name: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     return _check(lambda v: isinstance(v, _SECTIONS[name]), f"must be a {_SECTIONS[name].__name__}")
 
@@ -425,6 +464,11 @@ class Settings:
         default=attrs.Factory(_section_default("tasks"), takes_self=True),
         converter=_to_tasks,
         validator=_section_type("tasks"),
+    )
+    scale: ScaleSettings = attrs.field(
+        default=attrs.Factory(_section_default("scale"), takes_self=True),
+        converter=_to_scale,
+        validator=_section_type("scale"),
     )
     log_level: str = attrs.field(
         default="INFO", validator=_one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -681,6 +725,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "LEADPERF_SCRAPER_COOKIES": ("scraper", "cookies"),
     "LEADPERF_SCRAPER_ALLOW_PRIVATE_NETWORKS": ("scraper", "allow_private_networks"),
     "LEADPERF_MEMORY_LIMIT_MB": ("memory", "limit_mb"),
+    "LEADPERF_LIMITER_URL": ("scale", "limiter_url"),
+    "LEADPERF_DEDUP_URL": ("scale", "dedup_url"),
+    "LEADPERF_LIMITER_LEASE": ("scale", "lease_seconds"),
+    "LEADPERF_SCALE_NAMESPACE": ("scale", "namespace"),
 }
 
 #: Every key a YAML file may set under ``performance:``.

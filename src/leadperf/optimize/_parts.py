@@ -16,6 +16,7 @@ import attrs
 
 from .._core.lifecycle import aclose_resource
 from .._portal import get_portal, run_sync
+from ..config import Settings
 from ..errors import LeadperfError
 
 __all__ = [
@@ -27,7 +28,10 @@ __all__ = [
     "on_foreign_loop",
     "ping_cache",
     "ping_database",
+    "ping_scale",
     "portal_bound",
+    "scale_part",
+    "scale_stats",
     "trim_parts",
 ]
 
@@ -104,6 +108,58 @@ async def ping_database(db: Any) -> dict[str, Any]:
         "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "error": error,
     }
+
+
+def scale_part(name: str, settings: Settings) -> Any:
+    """The shared ``"limiter"`` or ``"dedup"`` the settings' ``scale`` section names, or
+    None when its URL is unset. ``leadperf.scale`` (and redis-py) load only here."""
+    conf = settings.scale
+    if name == "limiter" and conf.limiter_url:
+        from ..scale import RedisLimiter
+
+        return RedisLimiter.from_url(
+            conf.limiter_url, lease=conf.lease_seconds, prefix=f"{conf.namespace}:limit"
+        )
+    if name == "dedup" and conf.dedup_url:
+        from ..scale import DedupSet
+
+        # A Redis set's keys carry the namespace; a PostgreSQL set lives in its own table.
+        redis = conf.dedup_url.split("://", 1)[0].lower() in ("redis", "rediss", "unix")
+        return DedupSet.from_url(conf.dedup_url, **({"namespace": conf.namespace} if redis else {}))
+    return None
+
+
+async def ping_scale(part: Any, kind: str, url: str) -> dict[str, Any]:
+    """A round trip to the limiter's or dedup set's store (``part.ping()``)."""
+    started = time.perf_counter()
+    error: str | None = None
+    backend = url.split("://", 1)[0].lower()
+    try:
+        with anyio.fail_after(_CHECK_TIMEOUT):
+            await part.ping()
+    except TimeoutError:
+        error = f"{kind} store did not answer within {_CHECK_TIMEOUT:g}s"
+    except LeadperfError as exc:  # the scale parts' errors carry masked URLs only
+        error = " ".join(str(exc).split())
+    return {
+        "configured": True,
+        "ok": error is None,
+        "backend": "postgresql" if backend == "postgres" else backend,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "error": error,
+    }
+
+
+def scale_stats(parts: dict[str, Any]) -> dict[str, Any]:
+    """``{"limiter": ..., "dedup": ...}``: each built shared part's stats, else None.
+
+    The limiter's ``shared`` is False while it runs on local limits (Redis unreachable).
+    """
+    out: dict[str, Any] = {}
+    for name in ("limiter", "dedup"):
+        part = parts.get(name)
+        out[name] = None if part is None else jsonable(part.stats())
+    return out
 
 
 async def trim_parts(parts: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,10 @@ Sync use (``with PerformanceOptimizer() as perf:``) runs the parts on leadperf's
 portal loop; ``perf.cache_sync``, ``perf.database_sync`` and ``perf.tasks_sync`` are
 blocking fronts of those parts, and ``await perf.cache.get(...)`` from another event loop
 (a notebook cell) is forwarded to the portal loop, so it works there too.
+
+Length: a little over 600 lines because the facade's public surface (every part's
+property, the lifecycle, checks, analysis and tuning) is one class users read; the
+helpers it can lend out live in ``_parts``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from ._parts import (
     jsonable,
     ping_cache,
     ping_database,
+    ping_scale,
     portal_bound,
+    scale_part,
+    scale_stats,
     trim_parts,
 )
 from .memory import MemoryGuard, MemoryReading, cgroup_memory, freeze_after_warmup
@@ -115,7 +122,9 @@ class PerformanceOptimizer(AsyncResource):
     def _adopt(self, name: str, part: Any) -> Any:
         self._parts[name] = part
         stats = getattr(part, "stats", None)
-        if callable(stats):
+        if name in ("limiter", "dedup"):
+            self.registry.register("scale", lambda: scale_stats(self._parts))
+        elif callable(stats):
             self.registry.register(name, stats)
         return part
 
@@ -136,7 +145,14 @@ class PerformanceOptimizer(AsyncResource):
         if name == "scraper":
             from ..scraper import AsyncScraper
 
-            return AsyncScraper(settings=s, cache=self._raw("cache") if s.cache.enabled else None)
+            return AsyncScraper(
+                settings=s,
+                cache=self._raw("cache") if s.cache.enabled else None,
+                limiter=self._raw("limiter") if s.scale.limiter_url else None,
+                dedup=self._raw("dedup") if s.scale.dedup_url else None,
+            )
+        if name in ("limiter", "dedup"):
+            return scale_part(name, s)
         if name == "chrome":
             from ..pool import ChromePool
 
@@ -304,7 +320,10 @@ class PerformanceOptimizer(AsyncResource):
             if anyio.get_current_task().id == self._tg_task:
                 await tg.__aexit__(None, None, None)
         # Reverse build order: users of the cache close before the cache.
-        order = ("monitor", "tasks", "scraper", "chrome", "database", "resources", "cache")
+        order = (
+            "monitor", "tasks", "scraper", "limiter", "dedup", "chrome", "database", "resources",
+            "cache",
+        )  # fmt: skip
         for name in order:
             part = parts.get(name)
             if part is None:
@@ -315,6 +334,7 @@ class PerformanceOptimizer(AsyncResource):
                 errors.append(exc)
             self.registry.unregister(name)
         self.registry.unregister("system")
+        self.registry.unregister("scale")
         if (
             self._gc_before is not None
             and gc.get_threshold() == get_profile(self.settings.profile).gc_thresholds
@@ -352,11 +372,13 @@ class PerformanceOptimizer(AsyncResource):
 
     @portal_bound
     async def check_backends(self) -> dict[str, dict[str, Any]]:
-        """Ping every configured backend for real (a cache lookup, ``SELECT 1``).
+        """Ping every configured backend for real (a cache lookup, ``SELECT 1``, and a
+        round trip to the shared limiter's and dedup set's stores when configured).
 
         Returns:
-            ``{"cache": {...}, "database": {...}}``, each with ``configured``, ``ok``,
-            ``backend``, ``latency_ms`` and ``error`` (a message without credentials).
+            ``{"cache": {...}, "database": {...}}`` (plus ``"limiter"``/``"dedup"`` when
+            ``settings.scale`` names them), each with ``configured``, ``ok``, ``backend``,
+            ``latency_ms`` and ``error`` (a message without credentials).
         """
         checks = {"cache": await ping_cache(self._raw("cache"))}
         if self.settings.database.url:
@@ -369,6 +391,10 @@ class PerformanceOptimizer(AsyncResource):
                 "latency_ms": None,
                 "error": None,
             }
+        scale = self.settings.scale
+        for name, url in (("limiter", scale.limiter_url), ("dedup", scale.dedup_url)):
+            if url:
+                checks[name] = await ping_scale(self._raw(name), name, url)
         return checks
 
     @portal_bound
@@ -433,6 +459,9 @@ class PerformanceOptimizer(AsyncResource):
             self._raw("database")
         if "memory" in self._parts:
             self.registry.register("memory", self._parts["memory"].stats)
+        for name in ("limiter", "dedup"):
+            if getattr(self.settings.scale, f"{name}_url"):
+                self._raw(name)  # its counters are part of metrics, under "scale"
         return self.registry.collect()
 
     @portal_bound
@@ -477,8 +506,10 @@ class PerformanceOptimizer(AsyncResource):
 
         Keys: ``timestamp``, ``profile``, ``system``, ``cache_performance`` (with
         ``hit_rate`` in [0, 1]), ``scraper_performance``, ``chrome_pool``, ``database``,
-        ``resources``, ``tasks``, ``memory``, ``recommendations`` (list of dicts) and
-        ``metrics`` (every registered source, flattened).
+        ``resources``, ``tasks``, ``memory``, ``scale`` (the shared limiter's and dedup
+        set's stats, each None when not configured; the limiter's ``shared`` is False while
+        it runs on local limits), ``recommendations`` (list of dicts) and ``metrics``
+        (every registered source, flattened).
         """
         self._check_open()
         recommendations = await self.recommendations()
@@ -502,6 +533,7 @@ class PerformanceOptimizer(AsyncResource):
             "resources": part_stats("resources"),
             "tasks": part_stats("tasks"),
             "memory": part_stats("memory"),
+            "scale": scale_stats(parts),
             "recommendations": [r.as_dict() for r in recommendations],
         }
         analysis["metrics"] = await self.metrics()

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import math
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,6 +162,26 @@ class DedupSet:
             self._closed = True
             await self._close()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, under the name every leadperf part is closed by."""
+        await self.close()
+
+    async def ping(self) -> float:
+        """Reach the store now (for status screens); adds nothing to the set.
+
+        Returns:
+            The round trip in milliseconds.
+
+        Raises:
+            ClosedError: the set was closed.
+            CacheUnavailableError: the store cannot be reached.
+        """
+        if self._closed:
+            raise ClosedError(f"this {type(self).__name__} is closed; create a new one")
+        started = time.perf_counter()
+        await self._ping()
+        return (time.perf_counter() - started) * 1000
+
     async def __aenter__(self) -> DedupSet:
         return self
 
@@ -180,6 +201,9 @@ class DedupSet:
         raise NotImplementedError
 
     async def _close(self) -> None:
+        raise NotImplementedError
+
+    async def _ping(self) -> None:
         raise NotImplementedError
 
 
@@ -266,6 +290,14 @@ class RedisDedupSet(DedupSet):
 
     async def _close(self) -> None:
         await self._client.aclose()
+
+    async def _ping(self) -> None:
+        import redis
+
+        try:
+            await self._client.execute_command("PING")
+        except (redis.RedisError, OSError) as exc:
+            raise _unavailable(self._where, exc) from None
 
 
 async def _chunks(items: Any, size: int = 500) -> Any:
@@ -392,3 +424,6 @@ class PostgresDedupSet(DedupSet):
     async def _close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+    async def _ping(self) -> None:
+        await self._query("SELECT 1", ())

@@ -26,8 +26,9 @@ from typing import Any
 
 import attrs
 
+from .._core.validate import positive_number
 from .._util import mask_url, require
-from ..errors import ClosedError, ConfigError
+from ..errors import CacheUnavailableError, ClosedError, ConfigError
 from . import _lua
 from ._local import LocalLimits, report_kind
 from ._pipeline import AutoPipeline, register
@@ -83,14 +84,6 @@ class LimiterStats:
         return self.round_trips / self.acquires if self.acquires else 0.0
 
 
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{name}: must be a number of seconds > 0, got {value!r}", key=name)
-    if math.isinf(value):
-        raise ConfigError(f"{name}: must be finite, got {value!r}", key=name)
-    return float(value)
-
-
 def _tag(platform: str) -> str:
     """A hash tag for ``platform``: itself when safe, else a digest (braces would split it)."""
     if platform and len(platform) <= 200 and "{" not in platform and "}" not in platform:
@@ -134,10 +127,10 @@ class RedisLimiter:
     ) -> None:
         self._redis_mod = require("redis", "scale")
         require("redis.asyncio", "scale")
-        self.lease = _positive("lease", lease)
-        self.timeout = _positive("timeout", timeout)
-        self.retry_interval = _positive("retry_interval", retry_interval)
-        self.poll_interval = _positive("poll_interval", poll_interval)
+        self.lease = positive_number(lease, "lease")
+        self.timeout = positive_number(timeout, "timeout")
+        self.retry_interval = positive_number(retry_interval, "retry_interval")
+        self.poll_interval = positive_number(poll_interval, "poll_interval")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigError(f"prefix: must be a non-empty str, got {prefix!r}", key="prefix")
         self.prefix = prefix
@@ -482,6 +475,28 @@ class RedisLimiter:
         finally:
             if self._owns_client:
                 await self._client.aclose()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, under the name every leadperf part is closed by."""
+        await self.close()
+
+    async def ping(self) -> float:
+        """Ask Redis for a ``PING`` now (for status screens); the limiter's state is unchanged.
+
+        Returns:
+            The round trip in milliseconds.
+
+        Raises:
+            CacheUnavailableError: Redis did not answer (the message carries no credentials).
+        """
+        started = time.perf_counter()
+        try:
+            await self._client.execute_command("PING")
+        except (self._redis_mod.RedisError, OSError) as exc:
+            raise CacheUnavailableError(
+                f"limiter store at {self._where} is unreachable ({type(exc).__name__})"
+            ) from None
+        return (time.perf_counter() - started) * 1000
 
     async def __aenter__(self) -> RedisLimiter:
         return self
