@@ -49,6 +49,7 @@ def build() -> WorkerResources:
 worker = ScrapeWorker(app, build)
 
 
-@app.task(name="celery_app.scrape_chunk")
+# Celery ships no type hints, so its decorator would erase this function's signature.
+@app.task(name="celery_app.scrape_chunk")  # type: ignore[untyped-decorator]
 def scrape_chunk(urls: list[str], table: str) -> dict[str, Any]:
     return worker.scrape_into(urls, table=table, key=("url",), delay_seconds=0.005)

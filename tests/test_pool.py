@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import anyio.to_thread
@@ -32,6 +32,13 @@ from leadperf.errors import (
 from leadperf.pool import _FRESH_S, ChromePool, PoolStats, get_chrome_pool
 
 pytestmark = pytest.mark.chrome
+
+
+class ChromePaths(TypedDict):
+    """The local Chromium and chromedriver, passed to ``ChromePool`` as ``**paths``."""
+
+    chrome_binary: str
+    driver_path: str
 
 
 # -- a local page server -------------------------------------------------------------------
@@ -101,12 +108,12 @@ def server() -> Iterator[PageServer]:
 
 
 @pytest.fixture(scope="module")
-def paths(chrome_paths: tuple[str, str]) -> dict[str, str]:
+def paths(chrome_paths: tuple[str, str]) -> ChromePaths:
     return {"chrome_binary": chrome_paths[0], "driver_path": chrome_paths[1]}
 
 
 @pytest.fixture(scope="module")
-def pool(paths: dict[str, str]) -> Iterator[ChromePool]:
+def pool(paths: ChromePaths) -> Iterator[ChromePool]:
     """A shared pool of two (default isolation); tests use stat deltas, never absolute counters."""
     with ChromePool(pool_size=2, idle_timeout=300, **paths) as shared:
         yield shared
@@ -114,7 +121,7 @@ def pool(paths: dict[str, str]) -> Iterator[ChromePool]:
 
 
 @pytest.fixture(scope="module")
-def context_pool(paths: dict[str, str]) -> Iterator[ChromePool]:
+def context_pool(paths: ChromePaths) -> Iterator[ChromePool]:
     """A pool of one with a fresh browser context per task."""
     with ChromePool(pool_size=1, idle_timeout=300, isolation="context", **paths) as shared:
         yield shared
@@ -238,7 +245,9 @@ def test_tasks_do_not_share_cookies_or_storage(
         first_pid = browser_pid(pool, driver)
         driver.get(server.url(f"/set/a/{which}"))
         driver.get(server.url(f"/seen/a/{which}"))
-        assert driver.get_cookie("tracker")["value"] == "task-one"
+        cookie = driver.get_cookie("tracker")
+        assert cookie is not None
+        assert cookie["value"] == "task-one"
         assert driver.execute_script("return localStorage.getItem('who')") == "task-one"
         # A window the task opens itself lands in Chrome's default context; it is
         # cleaned too.
@@ -303,7 +312,7 @@ FETCH = (
 
 
 @pytest.fixture(scope="module")
-def tab_pool(paths: dict[str, str]) -> Iterator[ChromePool]:
+def tab_pool(paths: ChromePaths) -> Iterator[ChromePool]:
     with ChromePool(pool_size=1, idle_timeout=300, isolation="tab", **paths) as shared:
         yield shared
 
@@ -480,7 +489,7 @@ def test_browser_killed_between_calls_fails_release(pool: ChromePool) -> None:
     assert "crash-quiet" not in pool._leases
 
 
-def test_hung_browser_is_detected_and_replaced(paths: dict[str, str], server: PageServer) -> None:
+def test_hung_browser_is_detected_and_replaced(paths: ChromePaths, server: PageServer) -> None:
     with ChromePool(pool_size=1, op_timeout=4.0, **paths) as hung_pool:
         with hung_pool.session("warm") as driver:
             driver.get(server.url("/hung/warm"))
@@ -510,7 +519,7 @@ def with_suppressed_kill(pid: int, sig: int) -> None:
 # -- lifecycle: reaping, recycling, two pools, close -------------------------------------------
 
 
-def test_idle_instances_are_reaped(paths: dict[str, str], server: PageServer) -> None:
+def test_idle_instances_are_reaped(paths: ChromePaths, server: PageServer) -> None:
     with ChromePool(pool_size=1, idle_timeout=0.5, **paths) as reaping:
         with reaping.session("reap") as driver:
             driver.get(server.url("/reap"))
@@ -524,7 +533,7 @@ def test_idle_instances_are_reaped(paths: dict[str, str], server: PageServer) ->
         assert reaping.stats().created == 2
 
 
-def test_instances_are_recycled_after_n_tasks(paths: dict[str, str], server: PageServer) -> None:
+def test_instances_are_recycled_after_n_tasks(paths: ChromePaths, server: PageServer) -> None:
     with ChromePool(pool_size=1, max_tasks_per_instance=2, **paths) as recycling:
         pids = []
         for n in range(3):
@@ -540,7 +549,7 @@ def test_instances_are_recycled_after_n_tasks(paths: dict[str, str], server: Pag
 
 
 def test_instances_are_recycled_above_the_memory_ceiling(
-    paths: dict[str, str], server: PageServer
+    paths: ChromePaths, server: PageServer
 ) -> None:
     with ChromePool(pool_size=1, max_memory_mb=20, **paths) as small:
         with small.session("fat") as driver:
@@ -556,7 +565,7 @@ def test_instances_are_recycled_above_the_memory_ceiling(
 
 
 def test_two_pools_get_distinct_ports(
-    pool: ChromePool, paths: dict[str, str], server: PageServer
+    pool: ChromePool, paths: ChromePaths, server: PageServer
 ) -> None:
     other = ChromePool(pool_size=1, **paths)
     with other, pool.session("a") as d1, other.session("b") as d2:
@@ -576,7 +585,7 @@ def test_two_pools_get_distinct_ports(
     assert released.closed
 
 
-def test_close_leaves_no_process_behind(paths: dict[str, str], server: PageServer) -> None:
+def test_close_leaves_no_process_behind(paths: ChromePaths, server: PageServer) -> None:
     closing = ChromePool(pool_size=2, **paths)
     with closing.session("c1") as d1, closing.session("c2") as d2:
         d1.get(server.url("/close/1"))
@@ -608,7 +617,7 @@ def test_close_leaves_no_process_behind(paths: dict[str, str], server: PageServe
     assert closing.stats().closed
 
 
-def test_closing_while_a_task_holds_a_driver(paths: dict[str, str]) -> None:
+def test_closing_while_a_task_holds_a_driver(paths: ChromePaths) -> None:
     closing = ChromePool(pool_size=1, **paths)
     driver = closing.acquire("held")
     procs = pool_processes(closing.stats())
@@ -617,7 +626,7 @@ def test_closing_while_a_task_holds_a_driver(paths: dict[str, str]) -> None:
     closing.release("held", driver)  # a no-op after close
 
 
-def test_atexit_closes_a_pool_the_host_forgot(paths: dict[str, str], server: PageServer) -> None:
+def test_atexit_closes_a_pool_the_host_forgot(paths: ChromePaths, server: PageServer) -> None:
     script = f"""
 import json
 from leadperf.pool import ChromePool
@@ -641,7 +650,7 @@ print(json.dumps([inst.driver_pid, inst.browser_pid]), flush=True)
 
 @pytest.mark.anyio
 async def test_session_async_keeps_the_event_loop_free(
-    paths: dict[str, str], server: PageServer
+    paths: ChromePaths, server: PageServer
 ) -> None:
     async with ChromePool(pool_size=2, **paths) as apool:
         gaps: list[float] = []
@@ -730,7 +739,7 @@ def _listening(port: int) -> bool:
 # -- configuration and the default pool -----------------------------------------------------------
 
 
-def test_settings_and_bad_arguments(tmp_env: pytest.MonkeyPatch, paths: dict[str, str]) -> None:
+def test_settings_and_bad_arguments(tmp_env: pytest.MonkeyPatch, paths: ChromePaths) -> None:
     tmp_env.setenv("CHROME_POOL_SIZE", "3")
     tmp_env.setenv("CHROME_IDLE_TIMEOUT", "12.5")
     with ChromePool(**paths) as from_env:
@@ -745,7 +754,7 @@ def test_settings_and_bad_arguments(tmp_env: pytest.MonkeyPatch, paths: dict[str
         {"isolation": "window"},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            ChromePool(**bad, **paths)  # type: ignore[arg-type]
+            ChromePool(**bad, **paths)
     with pytest.raises(ConfigError, match="user-data-dir"):
         ChromePool(options=["--user-data-dir=/tmp/x"], **paths)
     with pytest.raises(ConfigError, match="driver_path"):
@@ -795,7 +804,7 @@ def test_user_disable_features_are_merged_with_the_pools() -> None:
 
 
 def test_a_temp_dir_too_long_for_chromes_socket(
-    paths: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    paths: ChromePaths, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     """Chrome's singleton socket lives in the instance's TMPDIR and must fit 107 bytes."""
     import tempfile
@@ -816,7 +825,7 @@ def test_a_temp_dir_too_long_for_chromes_socket(
     assert list(long_dir.iterdir()) == []
 
 
-def test_nothing_left_running_after_close(paths: dict[str, str], server: PageServer) -> None:
+def test_nothing_left_running_after_close(paths: ChromePaths, server: PageServer) -> None:
     """Once every pool closed, the host has no child process and no pool thread left."""
     script = f"""
 import json, os, threading, psutil

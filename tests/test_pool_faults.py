@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import anyio.to_thread
@@ -25,6 +25,13 @@ from leadperf.errors import BrowserCrashedError, ClosedError
 from leadperf.pool import ChromePool
 
 pytestmark = pytest.mark.chrome
+
+
+class ChromePaths(TypedDict):
+    """The local Chromium and chromedriver, passed to ``ChromePool`` as ``**paths``."""
+
+    chrome_binary: str
+    driver_path: str
 
 
 class HangServer:
@@ -73,7 +80,7 @@ def server() -> Iterator[HangServer]:
 
 
 @pytest.fixture(scope="module")
-def paths(chrome_paths: tuple[str, str]) -> dict[str, str]:
+def paths(chrome_paths: tuple[str, str]) -> ChromePaths:
     return {"chrome_binary": chrome_paths[0], "driver_path": chrome_paths[1]}
 
 
@@ -124,7 +131,7 @@ def _serves(pool: ChromePool, server: HangServer, task: str) -> str:
 
 
 def test_sigkill_of_a_browser_mid_task(
-    paths: dict[str, str], server: HangServer, reliability: Any
+    paths: ChromePaths, server: HangServer, reliability: Any
 ) -> None:
     with ChromePool(pool_size=1, op_timeout=5, **paths) as pool:
         seen: list[tuple[list[psutil.Process], list[str]]] = []
@@ -159,7 +166,7 @@ def test_sigkill_of_a_browser_mid_task(
 
 
 def test_sigkill_of_chromedriver_mid_task(
-    paths: dict[str, str], server: HangServer, reliability: Any
+    paths: ChromePaths, server: HangServer, reliability: Any
 ) -> None:
     with ChromePool(pool_size=1, op_timeout=5, **paths) as pool:
         errors: list[BaseException] = []
@@ -189,7 +196,7 @@ def test_sigkill_of_chromedriver_mid_task(
 
 
 def test_page_hung_past_its_timeout(
-    paths: dict[str, str], server: HangServer, reliability: Any
+    paths: ChromePaths, server: HangServer, reliability: Any
 ) -> None:
     with ChromePool(pool_size=1, **paths) as pool:
         hung_before = server.hung
@@ -223,7 +230,7 @@ def test_page_hung_past_its_timeout(
 
 
 def test_hung_browser_is_killed_at_op_timeout(
-    paths: dict[str, str], server: HangServer, reliability: Any
+    paths: ChromePaths, server: HangServer, reliability: Any
 ) -> None:
     with ChromePool(pool_size=1, op_timeout=2, **paths) as pool:
         driver = pool.acquire("frozen")
@@ -249,7 +256,7 @@ def test_hung_browser_is_killed_at_op_timeout(
 
 
 def test_close_while_tasks_hold_drivers(
-    paths: dict[str, str], server: HangServer, reliability: Any
+    paths: ChromePaths, server: HangServer, reliability: Any
 ) -> None:
     pool = ChromePool(pool_size=2, **paths)
     errors: dict[str, BaseException | None] = {}
@@ -297,7 +304,7 @@ def test_close_while_tasks_hold_drivers(
 
 
 @pytest.mark.anyio
-async def test_close_under_an_async_session(paths: dict[str, str], server: HangServer) -> None:
+async def test_close_under_an_async_session(paths: ChromePaths, server: HangServer) -> None:
     pool = ChromePool(pool_size=1, **paths)
     entered, closed = anyio.Event(), anyio.Event()
     outcome: list[BaseException | None] = []
@@ -335,7 +342,7 @@ _PSS_BOUND_MB = 150.0
 
 
 @pytest.mark.timeout(900)
-def test_two_thousand_cycles_stay_bounded(paths: dict[str, str], reliability: Any) -> None:
+def test_two_thousand_cycles_stay_bounded(paths: ChromePaths, reliability: Any) -> None:
     me = psutil.Process()
     with ChromePool(pool_size=1, max_tasks_per_instance=None, max_memory_mb=None, **paths) as pool:
         for n in range(_WARMUP):

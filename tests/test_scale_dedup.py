@@ -240,7 +240,16 @@ def test_inflight_cache_rejects_a_non_cache() -> None:
 
 
 class _Dummy:
-    async def get(self, key: str, default: Any = None) -> Any: ...
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
-    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool: ...
-    async def delete(self, key: str) -> bool: ...
+    """Has every method a cache needs; never called, only checked for."""
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        return default
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        return None
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        return False
+
+    async def delete(self, key: str) -> bool:
+        return False

@@ -382,7 +382,11 @@ async def test_limits_and_dedup_on_a_redis_cluster(own_cluster: Any, reliability
     try:
         await probe.initialize()
         slots = {p: probe.keyslot(a._keys(p)[0]) for p in platforms}
-        nodes = {probe.get_node_from_key(a._keys(p)[0]).port for p in platforms}
+        nodes: set[str | int] = set()  # redis-py types a node's port as str | int
+        for p in platforms:
+            owner = probe.get_node_from_key(a._keys(p)[0])
+            assert owner is not None, f"a shard owns {p}'s keys"
+            nodes.add(owner.port)
         assert len(nodes) >= 2, "the platforms' keys spread over several shards"
         assert all(probe.keyslot(a._keys(p)[1]) == slots[p] for p in platforms)
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -201,10 +201,12 @@ def test_sigkilled_worker_frees_its_slots_and_others_finish(
             victim = _worker_id(victim_out)
 
             def victim_tokens() -> list[bytes]:
+                # Without decode_responses the client returns bytes; redis-py types
+                # every reply as a union of all reply shapes.
                 return [
                     t
                     for key in slot_keys
-                    for t in client.zrange(key, 0, -1)
+                    for t in cast("list[bytes]", client.zrange(key, 0, -1))
                     if t.startswith(victim.encode() + b":")
                 ]
 
