@@ -336,3 +336,111 @@ def test_suite_creates_its_database_on_a_fresh_server(database_url: str, unique_
             conn.execute(f'DROP DATABASE "{unique_name}" WITH (FORCE)')
     dead = "postgresql://postgres@127.0.0.1:1/test"
     assert not create_missing_database(dead)
+
+
+def test_scale_section_from_env_and_yaml_with_env_winning(tmp_path: Path) -> None:
+    path = tmp_path / "perf.yaml"
+    path.write_text(
+        "performance:\n  scale:\n    limiter_url: redis://127.0.0.1:6379/3\n"
+        "    dedup_url: postgresql://u:pw@db/leads\n    lease_seconds: 12\n"
+        "    namespace: crawl-a\n",
+        encoding="utf-8",
+    )
+    s = Settings.from_yaml(path, environ={})
+    assert s.scale.limiter_url == "redis://127.0.0.1:6379/3"
+    assert s.scale.dedup_url == "postgresql://u:pw@db/leads"
+    assert s.scale.lease_seconds == 12.0
+    assert s.scale.namespace == "crawl-a"
+    env = {
+        "LEADPERF_LIMITER_URL": "rediss://:s3cret@cache:6380/0",
+        "LEADPERF_DEDUP_URL": "redis://127.0.0.1:6379/4",
+        "LEADPERF_LIMITER_LEASE": "7.5",
+        "LEADPERF_SCALE_NAMESPACE": "crawl-b",
+    }
+    s = Settings.from_yaml(path, environ=env)
+    assert (s.scale.limiter_url, s.scale.dedup_url) == (
+        "rediss://:s3cret@cache:6380/0",
+        "redis://127.0.0.1:6379/4",
+    )
+    assert (s.scale.lease_seconds, s.scale.namespace) == (7.5, "crawl-b")
+    assert Settings().scale.limiter_url is None
+    assert Settings().scale.lease_seconds == 30.0
+    assert set(YAML_KEYS["scale"]) == {"limiter_url", "dedup_url", "lease_seconds", "namespace"}
+    assert ENV_VARS["LEADPERF_LIMITER_LEASE"] == ("scale", "lease_seconds")
+
+
+def test_scale_urls_are_masked_in_repr_as_dict_and_the_cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leadperf.cli import main
+
+    env = {
+        "LEADPERF_LIMITER_URL": "redis://worker:limiterpw@redis.internal:6379/0",
+        "LEADPERF_DEDUP_URL": "postgresql://app:deduppw@db.internal/leads",
+    }
+    s = Settings.from_env(env)
+    for shown in (repr(s), repr(s.scale), json.dumps(s.as_dict())):
+        assert "limiterpw" not in shown
+        assert "deduppw" not in shown
+        assert "redis.internal" in shown
+        assert "db.internal" in shown
+    assert s.as_dict()["scale"]["limiter_url"] == "redis://worker:***@redis.internal:6379/0"
+    monkeypatch.delenv("LEADPERF_CONFIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "limiterpw" not in out
+    assert "deduppw" not in out
+    assert json.loads(out)["scale"]["dedup_url"] == "postgresql://app:***@db.internal/leads"
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ({"LEADPERF_LIMITER_URL": "postgresql://u:pw@db/x"}, "scale.limiter_url"),
+        ({"LEADPERF_LIMITER_URL": "redis://u:pw@ host/0"}, "scale.limiter_url"),
+        ({"LEADPERF_DEDUP_URL": "memory://u:pw@x"}, "scale.dedup_url"),
+        ({"LEADPERF_LIMITER_LEASE": "soon"}, "LEADPERF_LIMITER_LEASE"),
+        ({"LEADPERF_LIMITER_LEASE": "0"}, "scale.lease_seconds"),
+        ({"LEADPERF_LIMITER_LEASE": "inf"}, "scale.lease_seconds"),
+        ({"LEADPERF_SCALE_NAMESPACE": "has space"}, "scale.namespace"),
+    ],
+)
+def test_bad_scale_values_name_the_key_without_the_password(
+    source: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(source)
+    assert info.value.key == key
+    assert key in str(info.value)
+    assert "pw@" not in str(info.value)
+
+
+def test_unknown_scale_yaml_key_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "perf.yaml"
+    path.write_text("performance:\n  scale:\n    limiter: redis://x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_yaml(path, environ={})
+    assert info.value.key == "performance.scale.limiter"
+    with pytest.raises(ConfigError, match=r"scale\.lease_secs"):
+        Settings(scale={"lease_secs": 5})
+
+
+@pytest.mark.parametrize("value", [float("inf"), ".inf", float("nan")])
+def test_metrics_interval_refuses_non_finite_values(value: object, tmp_path: Path) -> None:
+    path = tmp_path / "perf.yaml"
+    path.write_text(
+        f"performance:\n  monitoring:\n    metrics_interval: {value}\n", encoding="utf-8"
+    )
+
+    def build() -> Settings:
+        if isinstance(value, str):  # YAML's infinity
+            return Settings.from_yaml(path, environ={})
+        return Settings(monitoring={"metrics_interval": value})
+
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert info.value.key == "monitoring.metrics_interval"
+    assert "finite" in str(info.value)
+    assert Settings(monitoring={"metrics_interval": 0.5}).monitoring.metrics_interval == 0.5
