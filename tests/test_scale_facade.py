@@ -250,3 +250,26 @@ def test_facade_without_scale_urls_never_imports_leadperf_scale() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_sync_facade_shares_the_limit_and_closes_it(redis_url: str, unique_name: str) -> None:
+    import redis
+
+    settings = _settings(redis_url, unique_name, limiter=True, dedup=False)
+    try:
+        with ScrapeServer(ports=1) as server:
+            perf = PerformanceOptimizer(settings)
+            with perf:
+                urls = [server.url(0, f"/page/{i}?size=64&delay=0.05") for i in range(6)]
+                results = perf.scraper.scrape_batch_sync(urls)
+                analysis = perf.run_performance_analysis_sync()
+            assert all(r.ok for r in results)
+            assert server.max_concurrency(0) <= 2
+            assert analysis["scale"]["limiter"]["shared_acquires"] == 6
+            assert perf._parts["limiter"].closed
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=unique_name + ":*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
