@@ -273,3 +273,26 @@ def test_sync_facade_shares_the_limit_and_closes_it(redis_url: str, unique_name:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_rest_status_reports_the_stores(redis_url: str, unique_name: str) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import httpx
+
+    from test_web import serve
+
+    dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    settings = Settings(
+        scale={"limiter_url": redis_url, "dedup_url": dead, "namespace": unique_name},
+        memory={"gc_freeze": False},
+    )
+    perf = PerformanceOptimizer(settings)
+    with serve(perf) as base, httpx.Client(base_url=base, timeout=30) as client:
+        response = client.get("/performance/status")
+    assert response.status_code == 503  # a configured store is down
+    backends = response.json()["backends"]
+    assert backends["limiter"]["ok"] is True
+    assert backends["dedup"]["ok"] is False
+    assert "hunter2" not in response.text
+    assert perf.closed
