@@ -300,6 +300,60 @@ async def test_memory_guard_applies_memory_focused_and_trims(
     )
 
 
+@pytest.mark.anyio
+async def test_memory_guard_closes_idle_chrome_instances_never_a_busy_one(
+    settings: Settings, chrome_paths: tuple[str, str], reliability: Any
+) -> None:
+    import psutil
+
+    from leadperf.pool import ChromePool
+
+    # A limit far below this process's real RSS: the guard acts on its first check.
+    s = settings.evolve(memory={"limit_mb": 1.0, "check_interval": 0.05})
+    binary, driver_path = chrome_paths
+    pool = ChromePool(pool_size=2, chrome_binary=binary, driver_path=driver_path, settings=s)
+    perf = PerformanceOptimizer(s, chrome=pool)
+    # Two instances before the guard starts: one lent to a task, one idle.
+    held = await anyio.to_thread.run_sync(pool.acquire, "held")
+    other = await anyio.to_thread.run_sync(pool.acquire, "other")
+    await anyio.to_thread.run_sync(pool.release, "other", other)
+    busy = next(i for i in pool.stats().instances if i.busy)
+    idle = next(i for i in pool.stats().instances if not i.busy)
+    assert busy.driver_pid is not None
+    assert idle.driver_pid is not None
+    busy_root, idle_root = psutil.Process(busy.driver_pid), psutil.Process(idle.driver_pid)
+    busy_tree = [busy_root, *busy_root.children(recursive=True)]
+    idle_tree = [idle_root, *idle_root.children(recursive=True)]
+
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    try:
+        async with perf:
+            with anyio.fail_after(30):
+                while pool.stats().size > 1 or any(alive(p) for p in idle_tree):
+                    await anyio.sleep(0.05)
+            assert perf.memory.stats().triggered == 1
+            assert [i.browser_pid for i in pool.stats().instances] == [busy.browser_pid]
+            assert all(alive(p) for p in busy_tree), "the lent browser is never trimmed"
+            await anyio.to_thread.run_sync(held.get, "data:text/html,<title>kept</title>")
+            assert held.title == "kept"
+            await anyio.to_thread.run_sync(pool.release, "held", held)
+    finally:
+        await pool.aclose()
+    assert not any(alive(p) for p in busy_tree)  # closed with the facade
+    reliability.record(
+        "memory",
+        "process RSS above the configured memory limit with a Chrome pool of 2 (1 lent)",
+        "guard closes every idle Chrome instance with its process tree, never a lent one",
+        f"idle tree of {len(idle_tree)} processes gone, lent tree of {len(busy_tree)} "
+        f"processes kept and still serving its task",
+    )
+
+
 def test_cgroup_limits_are_read_from_v2_files(tmp_path: Any) -> None:
     from leadperf.optimize.memory import cgroup_memory
 

@@ -15,8 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import attrs
@@ -270,18 +269,6 @@ class SystemMonitor(SyncResource):
         if not self.closed:
             # Joining the sampling thread waits out a sample in progress: off the loop.
             await anyio.to_thread.run_sync(self.close)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     @property
     def running(self) -> bool:

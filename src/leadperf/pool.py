@@ -19,6 +19,12 @@ Linux browsers die with the host however it ends, SIGKILL included (``_chrome/ho
 
 The pool owns lending (which instance is busy, for whom, how many tasks it served, when
 it was last used); the instances, their processes and isolation live in ``_chrome/``.
+The lifecycle is the shared :class:`~leadperf._core.lifecycle.SyncResource` one: a pool
+is open from construction, ``close()`` is sync and idempotent, ``aclose()`` runs it in a
+worker thread. ``trim()`` closes idle instances on demand (the memory guard's lever).
+
+Slightly over 600 lines: lending, release, close and housekeeping share one lock and one
+set of slots, and split across modules they would reach into each other's state.
 """
 
 from __future__ import annotations
@@ -28,10 +34,8 @@ import functools
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,8 +46,12 @@ from ._chrome.config import resolve
 from ._chrome.devtools import InstanceBroken
 from ._chrome.hostdeath import forget, guard_until_closed
 from ._chrome.instance import ChromeInstance
+from ._chrome.limiters import LoopLimiters
 from ._chrome.options import DEFAULT_ISOLATION
-from ._chrome.stats import InstanceStats, PoolStats, instance_stats, percentile
+from ._chrome.stats import InstanceStats, PoolStats, instance_stats
+from ._core.lifecycle import State, SyncResource
+from ._core.stats import percentile
+from ._core.validate import non_negative_int
 from ._util import mask_url
 from .config import Settings
 from .errors import (
@@ -89,7 +97,7 @@ class _Lease:
         return self.slot.instance
 
 
-class ChromePool:
+class ChromePool(SyncResource):
     """A bounded pool of Chrome instances; lend one tab per task with :meth:`session`.
 
     Arguments left as ``None`` come from ``settings.chrome`` (env ``CHROME_POOL_SIZE``,
@@ -164,27 +172,19 @@ class ChromePool:
         self._starting = 0
         self._waiting = 0
         self._numbers = 0
-        self._closed = False
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._created = self._recycled = self._reaped = self._crashed = 0
         self._tasks = self._waits = self._timeouts = 0
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
-        self._limiters: weakref.WeakKeyDictionary[Any, tuple[anyio.CapacityLimiter, ...]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._fallback_limiters: tuple[anyio.CapacityLimiter, ...] | None = None
+        self._limiters = LoopLimiters(self.pool_size)
+        self._mark_open()  # ready at construction: browsers start on first acquire
         guard_until_closed(self)
 
     def __repr__(self) -> str:
         where = f"remote_url={mask_url(self.remote_url)!r}" if self.remote_url else "local"
-        state = "closed" if self._closed else f"{len(self._instances)}/{self.pool_size}"
+        state = "closed" if self._is_closed() else f"{len(self._instances)}/{self.pool_size}"
         return f"<ChromePool {where} instances={state}>"
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran; a closed pool raises ClosedError."""
-        return self._closed
 
     # -- lending ----------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class ChromePool:
                     continue
             with self._cond:
                 problem: Exception
-                if self._closed:
+                if self._is_closed():
                     problem = ClosedError(
                         "this ChromePool was closed while acquiring; create a new one"
                     )
@@ -222,11 +222,11 @@ class ChromePool:
                     self._leases[task_id] = _Lease(slot, time.monotonic())
                     self._latencies.append((time.monotonic() - started) * 1000.0)
                     return slot.instance.driver
-                if not self._closed:
+                if not self._is_closed():
                     slot.busy = False
                     self._idle.append(slot)
                     self._cond.notify()
-            if self._closed:
+            if self._is_closed():
                 slot.instance.close()
             raise problem
 
@@ -242,7 +242,7 @@ class ChromePool:
     def _give_back(self, task_id: Any, driver: WebDriver) -> bool:
         """:meth:`release`; False when the pool was closed while the task held the driver."""
         with self._cond:
-            if self._closed:
+            if self._is_closed():
                 return self._leases.pop(task_id, None) is None
             lease = self._leases.get(task_id)
             if lease is None:
@@ -262,7 +262,7 @@ class ChromePool:
                 return True
             instance.prepare_tab()
         except InstanceBroken as exc:
-            if self._closed:
+            if self._is_closed():
                 return False  # close() killed it under the task
             self._discard(slot, crashed=True)
             raise BrowserCrashedError(
@@ -270,7 +270,7 @@ class ChromePool:
                 "and will be replaced. Retry the task"
             ) from exc
         with self._cond:
-            if self._closed:
+            if self._is_closed():
                 closed_now = True
             else:
                 closed_now = False
@@ -308,7 +308,7 @@ class ChromePool:
         arrives while a worker thread is already lending an instance takes effect once it
         returns, and the instance is then released.
         """
-        gate, threads = self._async_limiters()
+        gate, threads = self._limiters.get()
         started = anyio.current_time()
         got_gate = False
         with anyio.move_on_after(max(0.0, timeout)):
@@ -381,15 +381,53 @@ class ChromePool:
                 utilization=in_use / self.pool_size,
                 memory_mb=tuple(i.pss_mb for i in instances),
                 instances=instances,
-                closed=self._closed,
+                closed=self._is_closed(),
             )
+
+    def trim(self, keep: int | None = None) -> int:
+        """Close idle instances until at most ``keep`` run; an instance lent to a task is
+        never closed. The memory guard calls this after ``memory_focused`` lowered
+        ``pool_size``; tasks arriving later start instances again up to ``pool_size``.
+
+        Args:
+            keep: how many instances may keep running, busy ones counted first (default:
+                the current ``pool_size``). Least recently used idle instances go first.
+
+        Returns:
+            How many instances were closed (counted in ``stats().reaped``); 0 on a closed
+            pool, whose instances are already gone.
+
+        Raises:
+            ConfigError: ``keep`` is not an integer >= 0.
+        """
+        keep = self.pool_size if keep is None else non_negative_int(keep, "keep")
+        with self._cond:
+            if self._is_closed():
+                return 0
+            excess = max(0, len(self._instances) - keep)
+            # The idle list is a stack (warmest last): the coldest are at its bottom.
+            victims = self._idle[: min(excess, len(self._idle))]
+            for slot in victims:
+                self._idle.remove(slot)
+                self._instances.remove(slot)
+            self._reaped += len(victims)
+            if victims:
+                self._cond.notify_all()  # room to start instances again, if pool_size allows
+        for slot in victims:
+            slot.instance.close()
+        if victims:
+            _log.info("trimmed %d idle Chrome instance(s) down to %d", len(victims), keep)
+        return len(victims)
 
     def close(self) -> None:
         """Quit every instance and kill any process the pool started. Idempotent."""
+        super().close()
+
+    def _close(self) -> None:
+        # The state is CLOSED before the lock is taken: a lend, release or start that saw
+        # the pool open under the lock has finished, so every instance is in the snapshot.
+        # Safe to run twice (two threads closing at once): the second finds nothing.
         with self._cond:
-            if self._closed:
-                return
-            self._closed = True
             slots = list(self._instances)
             self._instances.clear()
             self._idle.clear()
@@ -407,7 +445,7 @@ class ChromePool:
 
         The pool is then closed; a later :meth:`close` has nothing left to do.
         """
-        self._closed = True
+        self._state = State.CLOSED
         self._stop.set()
         for slot in list(self._instances):
             slot.instance.kill_now()
@@ -417,35 +455,7 @@ class ChromePool:
         """Async :meth:`close` (the blocking teardown runs in a worker thread)."""
         await anyio.to_thread.run_sync(self.close)
 
-    def __enter__(self) -> ChromePool:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> ChromePool:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- internals --------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("this ChromePool is closed; create a new one")
 
     def _checkout(self, task_id: Any, deadline: float, timeout: float) -> _Slot | None:
         """Take an idle instance, or a start slot (None), waiting until ``deadline``."""
@@ -493,7 +503,7 @@ class ChromePool:
         instance.sample_memory()
         with self._cond:
             self._starting -= 1
-            closed = self._closed
+            closed = self._is_closed()
             if not closed:
                 self._instances.append(slot)
                 self._created += 1
@@ -580,27 +590,6 @@ class ChromePool:
                 if self._stop.is_set():
                     break
                 inst.sample_memory()
-
-    def _async_limiters(self) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
-        # Limiters belong to one event loop; keep a pair per loop. The gate bounds acquires
-        # in flight, the thread limiter leaves room for every release so none starves.
-        try:
-            import asyncio
-
-            key: Any = asyncio.get_running_loop()
-        except RuntimeError:
-            key = None
-        pair = self._limiters.get(key) if key is not None else self._fallback_limiters
-        if pair is None:
-            pair = (
-                anyio.CapacityLimiter(self.pool_size),
-                anyio.CapacityLimiter(2 * self.pool_size),
-            )
-            if key is not None:
-                self._limiters[key] = pair
-            else:
-                self._fallback_limiters = pair
-        return pair[0], pair[1]
 
 
 def screenshot(driver: WebDriver, target_size_kb: int = 200, format: str = "JPEG") -> bytes:

@@ -8,6 +8,7 @@
 - ``isolation``: one class per way of keeping tasks apart, behind one interface.
 - ``instance``: one pooled Chrome, built from the above.
 - ``config``: the pool's arguments, checked once.
+- ``limiters``: the async gates of ``session_async``, one pair per event loop.
 
 The pool (``leadperf.pool``) owns lending: which instance is busy, for which task, how
 many tasks it served and when it was last used.

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from .._core.validate import positive_int, positive_number
 from ..config import Settings
 from ..errors import ConfigError
 from .options import ISOLATION_MODES, owned_flag_in
@@ -40,22 +41,23 @@ def resolve(settings: Settings, **given: Any) -> PoolConfig:
         ConfigError: naming the first bad argument and what it must be.
     """
     chrome = settings.chrome
-    pool_size = _positive_int(
-        "pool_size", chrome.pool_size if given["pool_size"] is None else given["pool_size"]
-    )
+    size = given["pool_size"]
+    pool_size = positive_int(chrome.pool_size if size is None else size, "pool_size")
     idle = given["idle_timeout"]
-    idle_timeout = _positive_num("idle_timeout", chrome.idle_timeout if idle is None else idle)
+    idle_timeout = positive_number(
+        chrome.idle_timeout if idle is None else idle, "idle_timeout", finite=False
+    )
     headless = chrome.headless if given["headless"] is None else given["headless"]
     if not isinstance(headless, bool):
         raise ConfigError(f"headless: must be true or false, got {headless!r}", key="headless")
     max_tasks = given["max_tasks_per_instance"]
     if max_tasks is not None:
-        max_tasks = _positive_int("max_tasks_per_instance", max_tasks)
+        max_tasks = positive_int(max_tasks, "max_tasks_per_instance")
     max_memory = given["max_memory_mb"]
     if max_memory is not None:
-        max_memory = _positive_num("max_memory_mb", max_memory)
-    start_timeout = _positive_num("start_timeout", given["start_timeout"])
-    op_timeout = _positive_num("op_timeout", given["op_timeout"])
+        max_memory = positive_number(max_memory, "max_memory_mb", finite=False)
+    start_timeout = positive_number(given["start_timeout"], "start_timeout", finite=False)
+    op_timeout = positive_number(given["op_timeout"], "op_timeout", finite=False)
     isolation = given["isolation"]
     if isolation not in ISOLATION_MODES:
         raise ConfigError(
@@ -117,15 +119,3 @@ def find_chrome() -> str | None:
         if path:
             return path
     return None
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}: must be an integer > 0, got {value!r}", key=key)
-    return value
-
-
-def _positive_num(key: str, value: Any) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}: must be a number > 0, got {value!r}", key=key)
-    return float(value)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import attrs
 
 from .instance import ChromeInstance
 
-__all__ = ["InstanceStats", "PoolStats", "instance_stats", "percentile"]
+__all__ = ["InstanceStats", "PoolStats", "instance_stats"]
 
 
 @attrs.frozen
@@ -79,11 +77,3 @@ def instance_stats(
         pss_mb=inst.pss_mb,
         uss_mb=inst.uss_mb,
     )
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q`` quantile of already sorted values (0.0 when empty)."""
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return float(sorted_values[index])

@@ -5,7 +5,10 @@ As httpx's ``ClientState`` and anyio's ``AsyncResource``: a resource goes
 resource never reopens, and every use after close raises :class:`ClosedError` naming
 the object. A part subclasses :class:`AsyncResource` (or :class:`SyncResource`) and
 implements only ``_aopen()``/``_aclose()`` (``_open()``/``_close()``); the context
-manager methods are derived from ``open`` and ``aclose``/``close``.
+manager methods are derived from ``open`` and ``aclose``/``close``. A part whose entry
+does more (starts a task group, refuses a second entry) overrides the ``_aenter()``/
+``_aexit(failed)`` hooks of :class:`AsyncContext`, never the dunders; an async part with a
+blocking front adds :class:`BlockingContext` and its ``_enter()``/``_exit()`` hooks.
 
 Hot paths call :meth:`AsyncResource._check_open` (one identity test) or read
 ``self._state`` directly. :func:`aclose_resource` closes any resource through the one
@@ -23,7 +26,9 @@ import anyio
 from ..errors import ClosedError
 
 __all__ = [
+    "AsyncContext",
     "AsyncResource",
+    "BlockingContext",
     "Closeable",
     "State",
     "SyncResource",
@@ -75,7 +80,53 @@ class _Lifecycle:
             self._state = State.OPEN
 
 
-class AsyncResource(_Lifecycle):
+class AsyncContext:
+    """``async with`` for both bases, derived from two hooks a part may override:
+    ``_aenter()`` and ``_aexit(failed)``."""
+
+    async def __aenter__(self) -> Self:
+        await self._aenter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._aexit(exc_type is not None)
+
+    async def _aenter(self) -> None:
+        raise NotImplementedError
+
+    async def _aexit(self, failed: bool) -> None:
+        raise NotImplementedError
+
+
+class BlockingContext:
+    """``with`` derived from ``_enter()`` and ``_exit()``: the sync base's, and the
+    blocking front of an async part (the facade, the scraper) that runs on a portal."""
+
+    def __enter__(self) -> Self:
+        self._enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit()
+
+    def _enter(self) -> None:
+        raise NotImplementedError
+
+    def _exit(self) -> None:
+        raise NotImplementedError
+
+
+class AsyncResource(AsyncContext, _Lifecycle):
     """Base of an async part: ``open()``, idempotent ``aclose()``, ``async with``.
 
     Subclasses implement ``_aopen()`` (acquire; runs once, under a lock) and
@@ -120,16 +171,13 @@ class AsyncResource(_Lifecycle):
         if was_open or self._close_when_new:
             await self._aclose()
 
-    async def __aenter__(self) -> Self:
+    async def _aenter(self) -> None:
+        """What ``async with`` does on entry: :meth:`open` (a part that also starts a
+        task group, or refuses a second entry, overrides this)."""
         await self.open()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _aexit(self, failed: bool) -> None:
+        """What ``async with`` does on exit (``failed``: the block raised): :meth:`aclose`."""
         await self.aclose()
 
     async def _aopen(self) -> None:
@@ -139,7 +187,7 @@ class AsyncResource(_Lifecycle):
         """Release what :meth:`_aopen` acquired (nothing by default)."""
 
 
-class SyncResource(_Lifecycle):
+class SyncResource(BlockingContext, AsyncContext, _Lifecycle):
     """Base of a sync part: ``open()``, idempotent ``close()``, ``with`` and ``async with``.
 
     Subclasses implement ``_open()`` and ``_close()``. ``aclose()`` is the same close for
@@ -172,29 +220,18 @@ class SyncResource(_Lifecycle):
         """:meth:`close`, awaitable: the one interface owners close parts through."""
         self.close()
 
-    def __enter__(self) -> Self:
+    def _enter(self) -> None:
         self.open()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _exit(self) -> None:
         self.close()
 
-    async def __aenter__(self) -> Self:
+    async def _aenter(self) -> None:
         self.open()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    async def _aexit(self, failed: bool) -> None:
+        # Through aclose(), so a part whose close blocks can move it off the event loop.
+        await self.aclose()
 
     def _open(self) -> None:
         """Acquire the resource's state (nothing by default)."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import anyio
 
-from .._core.lifecycle import AsyncResource, State
+from .._core.lifecycle import AsyncResource, BlockingContext, State
 from .._portal import run_sync
 from ..errors import ClosedError, ConfigError, LeadperfError
 from ._engine import Engine, make_engine
@@ -40,7 +39,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
     return asyncio._get_running_loop()
 
 
-class Lifecycle(AsyncResource):
+class Lifecycle(BlockingContext, AsyncResource):
     """Open, enter, close and the blocking bridge, mixed into :class:`AsyncScraper`."""
 
     # Closing reaches background iterations and a borrowed engine even when never opened.
@@ -107,7 +106,7 @@ class Lifecycle(AsyncResource):
                 "AsyncScraper() as s:' on this loop, or the *_sync methods"
             )
 
-    async def __aenter__(self) -> Self:
+    async def _aenter(self) -> None:
         self._check_open()
         if self._tg is not None:
             raise LeadperfError("this AsyncScraper is already entered; enter it once")
@@ -118,14 +117,8 @@ class Lifecycle(AsyncResource):
         await tg.__aenter__()
         self._tg = tg
         self._tg_task = anyio.get_current_task().id
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _aexit(self, failed: bool) -> None:
         tg, self._tg = self._tg, None
         try:
             if tg is not None:
@@ -158,19 +151,13 @@ class Lifecycle(AsyncResource):
         if engine is not None:
             await engine.aclose()
 
-    def __enter__(self) -> Self:
+    def _enter(self) -> None:
         self._check_open()
         if self._engine is not None:
             raise LeadperfError("this AsyncScraper is already open; enter it once")
         run_sync(self._open_on_portal)
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _exit(self) -> None:
         self.close_sync()
 
     def close_sync(self) -> None:

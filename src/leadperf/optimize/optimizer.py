@@ -18,13 +18,12 @@ import logging
 import threading
 import time
 from contextlib import AbstractContextManager
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 import attrs
 
-from .._core.lifecycle import AsyncResource, State
+from .._core.lifecycle import AsyncResource, BlockingContext, State
 from .._portal import get_portal, run_sync
 from ..config import Settings
 from ..errors import CacheUnavailableError, ConfigError, LeadperfError
@@ -62,7 +61,7 @@ __all__ = ["PerformanceOptimizer", "get_performance_optimizer"]
 log = logging.getLogger("leadperf.optimizer")
 
 
-class PerformanceOptimizer(AsyncResource):
+class PerformanceOptimizer(BlockingContext, AsyncResource):
     """One object that builds, tunes, monitors and closes every leadperf part.
 
     Parts are built lazily from ``settings`` on first access (``perf.cache``,
@@ -343,21 +342,15 @@ class PerformanceOptimizer(AsyncResource):
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> PerformanceOptimizer:
-        # Enter and exit in one task on the shared portal's loop: parts may hold task
-        # groups, whose scopes must be left by the task that entered them.
+    def _enter(self) -> None:
+        # ``with``: enter and exit in one task on the shared portal's loop: parts may hold
+        # task groups, whose scopes must be left by the task that entered them.
         self._on_portal = True
         cm = get_portal().wrap_async_context_manager(self)
-        result = cm.__enter__()
+        cm.__enter__()
         self._sync_cm = cm
-        return result
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _exit(self) -> None:
         self.close()
 
     def close(self) -> None:

@@ -19,8 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import attrs
@@ -200,19 +199,13 @@ class TaskOptimizer(AsyncResource):
         """True once the optimizer stopped accepting work."""
         return self._state is State.CLOSED or self._closing
 
-    async def __aenter__(self) -> Self:
+    async def _aenter(self) -> None:
         if self._state is State.OPEN:
             raise LeadperfError("this TaskOptimizer is already open; enter it once")
         await self.open()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None and self._tg is not None:
+    async def _aexit(self, failed: bool) -> None:
+        if failed and self._tg is not None:
             # The block failed: drop the queue and stop the workers without awaiting
             # anything here (this task sits inside the scope being cancelled).
             self._closing = True
