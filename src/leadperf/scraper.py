@@ -77,6 +77,8 @@ __all__ = [
 
 #: Tracked platforms above which idle ones are forgotten (bounded memory on many hosts).
 _MAX_IDLE_PLATFORMS = 1_000
+#: Hosts whose platform key is remembered per scheme (the memo starts over past this).
+_MAX_PLATFORM_KEYS = 10_000
 _check_url = check_url  # kept for callers of the old private name
 
 
@@ -230,6 +232,8 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
         self._tg_task = 0
         self._platforms: dict[str, Platform] = {}
         self._prune_at = _MAX_IDLE_PLATFORMS
+        # platform_key() per scheme and netloc, computed once per host (bounded).
+        self._platform_keys: dict[str, dict[str, str]] = {"http": {}, "https": {}}
         self._inflight: dict[str, _Pending] = {}
         self._counters = Counters()
 
@@ -329,7 +333,15 @@ class AsyncScraper(Lifecycle, Pipeline, Batches):
     # -- platforms ------------------------------------------------------------------------
 
     def _platform(self, url: str, scheme: str, netloc: str) -> Platform:
-        key = platform_key(scheme, netloc) if self._platform_of is None else self._platform_of(url)
+        if self._platform_of is None:
+            keys = self._platform_keys[scheme]
+            key = keys.get(netloc)
+            if key is None:
+                if len(keys) >= _MAX_PLATFORM_KEYS:
+                    keys.clear()
+                key = keys[netloc] = platform_key(scheme, netloc)
+        else:
+            key = self._platform_of(url)
         platform = self._platforms.get(key)
         if platform is None:
             if len(self._platforms) >= self._prune_at:

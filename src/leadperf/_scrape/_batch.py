@@ -74,6 +74,7 @@ class Batches:
         async def _process(
             self, url: str, platform: Platform, scrape_func: ScrapeFunc | None, delay: float
         ) -> ScrapeResult: ...
+        async def _get(self, url: str, platform: Platform, delay: float) -> ScrapeResult: ...
 
     def _prepare(
         self,
@@ -338,16 +339,24 @@ class Batches:
         workers: int,
     ) -> Run[ScrapeResult]:
         def handle(job: Job[ScrapeResult]) -> Awaitable[ScrapeResult]:
-            # Returns _process's coroutine itself: one coroutine object less per URL.
+            # Returns the pipeline's coroutine itself: one coroutine object less per URL.
             assert job.platform is not None
+            if scrape_func is None:
+                return self._get(job.url, job.platform, delay)
             return self._process(job.url, job.platform, scrape_func, delay)
 
         def emit_counted(job: Job[ScrapeResult], result: ScrapeResult) -> Awaitable[None] | None:
-            if job.platform is None:
-                self._finish(result)  # decided up front: counted here, not in _process
+            self._finish(result)  # decided up front: counted here, not in the pipeline
             return emit(job, result)
 
-        return Run(jobs, handle=handle, emit=emit_counted, lookahead=lookahead, workers=workers)
+        return Run(
+            jobs,
+            handle=handle,
+            emit=emit,
+            lookahead=lookahead,
+            workers=workers,
+            emit_decided=emit_counted,
+        )
 
 
 def _progress(progress: Progress, total: int | None) -> Callable[[int], None] | None:

@@ -381,6 +381,81 @@ class Pipeline:
                 pending.event.set()
         return self._finish(result)
 
+    async def _get(self, url: str, platform: Platform, delay: float) -> ScrapeResult:
+        """A plain GET of a batch: :meth:`_process` flattened into one coroutine.
+
+        Taken when there is no cache, shared limiter or proxy rotation and nobody else is
+        fetching ``url``: dedup bookkeeping, spacing, the send, its feedback and the
+        result happen here, as :meth:`_process` does them. A first attempt that fails (an
+        error or a status >= 400) goes on in :meth:`_attempts`, retries and all; anything
+        unusual takes :meth:`_process` from the start.
+        """
+        engine = self._engine
+        inflight = self._inflight
+        if (
+            engine is None
+            or self._cache is not None
+            or self._limiter is not None
+            or self._proxies is not None
+            or url in inflight
+        ):
+            return await self._process(url, platform, None, delay)
+        counters = self._counters
+        pending = inflight[url] = _Pending()
+        try:
+            request = Request("GET", url, self.timeout)
+            wait = platform.reserve(delay, time.monotonic())
+            if wait > 0:
+                while wait > 0:
+                    await anyio.sleep(wait)
+                    # A Retry-After that arrived during the sleep holds this send back too.
+                    wait = platform.blocked_until - time.monotonic()
+                engine = self._engine
+                if engine is None:
+                    raise ClosedError("this AsyncScraper is closed; create a new one")
+            counters.requests += 1
+            counters.in_flight += 1
+            response: Response | None = None
+            error: ScrapeError | None = None
+            try:
+                if self._allow_private:
+                    response = await engine.request(request)
+                else:
+                    response = await self._guarded(engine, request)
+            except (ScrapeTimeoutError, ScrapeConnectionError) as exc:
+                if isinstance(exc, ScrapeTimeoutError):
+                    platform.on_timeout(time.monotonic())
+                error = exc
+            except ScrapeError as exc:
+                error = exc
+            finally:
+                counters.in_flight -= 1
+            if response is not None:
+                self._feedback(platform, response)
+            if response is not None and response.status_code < 400:
+                result = ScrapeResult(  # what result_of(url, response, None, 1, None) builds
+                    url=url,
+                    status_code=response.status_code,
+                    content=response.content,
+                    headers=response.headers,
+                    elapsed=response.elapsed,
+                    attempts=1,
+                )
+            else:
+                result = await self._attempts(
+                    url, platform, None, delay, request, cache=False, first=(response, error)
+                )
+            pending.result = result
+        finally:
+            del inflight[url]
+            if pending.event is not None:
+                pending.event.set()
+        counters.results += 1
+        if result.error is not None:
+            counters.failed += 1
+            self._count_error(type(result.error).__name__)
+        return result
+
     def _finish(self, result: ScrapeResult) -> ScrapeResult:
         counters = self._counters
         counters.results += 1
@@ -425,28 +500,36 @@ class Pipeline:
         request: Request | None,
         *,
         cache: bool = True,
+        first: tuple[Response | None, Exception | None] | None = None,
     ) -> ScrapeResult:
+        """Try until success or the policy gives up; ``first`` is an attempt already made."""
         policy = self.retry
         attempt = 0
+        response: Response | None
+        error: Exception | None
+        value: Any
         while True:
             attempt += 1
-            wait = platform.reserve(delay, time.monotonic())
-            while wait > 0:
-                await anyio.sleep(wait)
-                # A Retry-After that arrived during the sleep holds this send back too.
-                wait = platform.blocked_until - time.monotonic()
-            if scrape_func is None and not (cache and self._cache is not None):
-                assert request is not None  # the bulk path: one coroutine less per request
-                value = None
-                try:
-                    response: Response | None = await self._send(platform, request, delay)
-                    error: Exception | None = None
-                except ScrapeError as exc:
-                    response, error = None, exc
+            if first is not None:
+                (response, error), value, first = first, None, None
             else:
-                response, value, error = await self._attempt(
-                    url, platform, scrape_func, delay, request, cache
-                )
+                wait = platform.reserve(delay, time.monotonic())
+                while wait > 0:
+                    await anyio.sleep(wait)
+                    # A Retry-After that arrived during the sleep holds this send back too.
+                    wait = platform.blocked_until - time.monotonic()
+                if scrape_func is None and not (cache and self._cache is not None):
+                    assert request is not None  # the bulk path: one coroutine less
+                    value = None
+                    try:
+                        response = await self._send(platform, request, delay)
+                        error = None
+                    except ScrapeError as exc:
+                        response, error = None, exc
+                else:
+                    response, value, error = await self._attempt(
+                        url, platform, scrape_func, delay, request, cache
+                    )
             failed = response is not None and response.status_code >= 400
             if error is None and failed and scrape_func is None:
                 assert response is not None

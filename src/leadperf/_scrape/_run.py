@@ -43,7 +43,8 @@ class Run(Generic[R]):
     ``read()`` yields ready :class:`Job` objects (``platform=None`` with a ``result`` for
     inputs rejected up front); ``handle(job)`` produces the result while the job's slot
     is held; ``emit(job, result)`` delivers it, returning an awaitable only when it has to
-    wait (a plain call otherwise: no coroutine per result).
+    wait (a plain call otherwise: no coroutine per result). ``emit_decided``, when given,
+    delivers the results decided up front instead.
     """
 
     def __init__(
@@ -54,10 +55,12 @@ class Run(Generic[R]):
         emit: Callable[[Job[R], R], Awaitable[None] | None],
         lookahead: int,
         workers: int,
+        emit_decided: Callable[[Job[R], R], Awaitable[None] | None] | None = None,
     ) -> None:
         self._jobs = jobs
         self._handle = handle
         self._emit = emit
+        self._emit_decided = emit if emit_decided is None else emit_decided
         self._lookahead = lookahead
         self._workers = workers
         self._queues: dict[Platform, deque[Job[R]]] = {}
@@ -189,7 +192,7 @@ class Run(Generic[R]):
             platform = job.platform
             if platform is None:
                 assert job.result is not None
-                waiter = self._emit(job, job.result)
+                waiter = self._emit_decided(job, job.result)
                 if waiter is not None:
                     await waiter
                 self._done()
