@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ._client import ScrapeClient
 from ._engine import Engine, Response, too_many_redirects_error
-from ._platform import Platform, parse_retry_after
+from ._platform import Platform, acquire_slot, parse_retry_after
 from ._request import Limits, Request
 from ._results import Counters, ScrapeResult, response_of, result_of
 from ._urls import check_public
@@ -116,33 +116,6 @@ def _decode_response(value: Any, url: str) -> Response | None:
         )
     except (TypeError, KeyError, ValueError, AttributeError):
         return None  # an entry this version cannot read: fetch again
-
-
-async def acquire_slot(platform: Platform) -> None:
-    """Wait for a slot of ``platform`` (FIFO with every other waiter)."""
-    if platform.try_acquire():
-        return
-    event = anyio.Event()
-    state = {"granted": False, "gone": False}
-
-    def grant() -> bool:
-        if state["gone"]:
-            return False
-        state["granted"] = True
-        event.set()
-        return True
-
-    owner = object()
-    platform.add_waiter(owner, grant)
-    try:
-        await event.wait()
-    except BaseException:
-        state["gone"] = True
-        if state["granted"]:
-            platform.release()
-        else:
-            platform.remove_waiters(owner)
-        raise
 
 
 async def _away_from_slot(platform: Platform, wait: Awaitable[Any]) -> None:

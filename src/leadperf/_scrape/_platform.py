@@ -16,7 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-__all__ = ["Platform", "parse_retry_after", "platform_key"]
+import anyio
+
+__all__ = ["Platform", "acquire_slot", "parse_retry_after", "platform_key"]
 
 #: Spacing added by the first throttle signal (seconds); doubled by each further one.
 MIN_ADAPTIVE_DELAY = 0.1
@@ -238,3 +240,30 @@ class Platform:
         if self._timeouts >= TIMEOUTS_TO_THROTTLE:
             self._timeouts = 0
             self.on_throttle(now, None)
+
+
+async def acquire_slot(platform: Platform) -> None:
+    """Wait for a slot of ``platform`` (FIFO with every other waiter)."""
+    if platform.try_acquire():
+        return
+    event = anyio.Event()
+    state = {"granted": False, "gone": False}
+
+    def grant() -> bool:
+        if state["gone"]:
+            return False
+        state["granted"] = True
+        event.set()
+        return True
+
+    owner = object()
+    platform.add_waiter(owner, grant)
+    try:
+        await event.wait()
+    except BaseException:
+        state["gone"] = True
+        if state["granted"]:
+            platform.release()
+        else:
+            platform.remove_waiters(owner)
+        raise

@@ -11,7 +11,7 @@ import time
 
 import anyio
 
-from .._scrape._platform import Platform
+from .._scrape._platform import Platform, acquire_slot
 
 __all__ = ["LocalLimits", "report_kind"]
 
@@ -48,7 +48,7 @@ class LocalLimits:
     async def acquire(self, key: str, limit: int, delay: float) -> None:
         """Wait for a slot of ``key`` (FIFO), then for its spacing."""
         platform = self.platform(key, limit)
-        await _wait_for_slot(platform)
+        await acquire_slot(platform)
         try:
             wait = platform.reserve(delay, time.monotonic())
             if wait > 0:
@@ -79,29 +79,3 @@ class LocalLimits:
     def in_flight(self) -> int:
         """Slots held in this process right now."""
         return sum(p.in_flight for p in self._platforms.values())
-
-
-async def _wait_for_slot(platform: Platform) -> None:
-    if platform.try_acquire():
-        return
-    event = anyio.Event()
-    state = {"granted": False, "gone": False}
-
-    def grant() -> bool:
-        if state["gone"]:
-            return False
-        state["granted"] = True
-        event.set()
-        return True
-
-    owner = object()
-    platform.add_waiter(owner, grant)
-    try:
-        await event.wait()
-    except BaseException:
-        state["gone"] = True
-        if state["granted"]:
-            platform.release()
-        else:
-            platform.remove_waiters(owner)
-        raise
