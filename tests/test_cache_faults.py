@@ -93,7 +93,10 @@ class FreezableProxy:
                 pairs = list(self._pairs)
             sel = selectors.DefaultSelector()
             if listener is not None:
-                sel.register(listener, selectors.EVENT_READ)
+                # refuse() may close it between the read above and here: then it is
+                # simply not served this round (an escaping error would end the thread).
+                with contextlib.suppress(ValueError, KeyError, OSError):
+                    sel.register(listener, selectors.EVENT_READ)
             if not self.frozen.is_set():
                 for a, b in pairs:
                     buf[a], buf[b] = b, a
