@@ -253,3 +253,23 @@ class _Dummy:
 
     async def delete(self, key: str) -> bool:
         return False
+
+
+@pytest.mark.postgres
+async def test_postgres_dedup_table_named_like_a_keyword(database_url: str) -> None:
+    import psycopg
+
+    # "order" is a valid lower-case identifier and a reserved word: it must be quoted.
+    store = PostgresDedupSet(database_url, table="order", ttl=60)
+    try:
+        assert await store.add_many(["http://k.com/1", "http://k.com/2"]) == [True, True]
+        assert await store.add_many(["http://k.com/2", "http://k.com/3"]) == [False, True]
+        assert await store.contains_many(["http://k.com/1", "http://k.com/9"]) == [True, False]
+        assert await store.remove_many(["http://k.com/1"]) == 1
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute('SELECT count(*) FROM "order"').fetchone() == (2,)
+        assert await store.clear() == 2
+    finally:
+        await store.close()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute('DROP TABLE IF EXISTS "order"')

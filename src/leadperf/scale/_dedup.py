@@ -357,8 +357,10 @@ class PostgresDedupSet(DedupSet):
             async with pool.connection() as conn:
                 try:
                     await conn.execute(
-                        f"CREATE TABLE IF NOT EXISTS {self.table} (key bytea PRIMARY KEY, "
-                        "added_at timestamptz NOT NULL DEFAULT now())"
+                        self._sql(
+                            "CREATE TABLE IF NOT EXISTS {t} (key bytea PRIMARY KEY, "
+                            "added_at timestamptz NOT NULL DEFAULT now())"
+                        )
                     )
                 except psycopg.errors.UniqueViolation:
                     pass  # another worker created it at the same moment (a known PG race)
@@ -367,34 +369,40 @@ class PostgresDedupSet(DedupSet):
             raise _unavailable(self._where, exc) from None
         return pool
 
+    def _sql(self, text: str) -> Any:
+        """``text`` with ``{t}`` bound to the table, quoted as an identifier."""
+        from psycopg import sql
+
+        return sql.SQL(text).format(t=sql.Identifier(self.table))
+
     async def _add(self, keys: list[bytes]) -> set[bytes]:
+        insert = (
+            "INSERT INTO {t} AS d (key) SELECT k FROM unnest(%s::bytea[]) AS k "
+            "ORDER BY k ON CONFLICT (key) "
+        )
+        params: tuple[Any, ...]
         if self.ttl is None:
-            conflict = "DO NOTHING"
+            query, params = insert + "DO NOTHING RETURNING key", (sorted(keys),)
         else:
             # An entry older than ttl counts as absent: take it over and report it new.
-            conflict = (
-                f"DO UPDATE SET added_at = now() WHERE {self.table}.added_at "
-                f"< now() - make_interval(secs => {self.ttl!r})"
+            query = insert + (
+                "DO UPDATE SET added_at = now() WHERE d.added_at "
+                "< now() - make_interval(secs => %s) RETURNING key"
             )
-        query = (
-            f"INSERT INTO {self.table} (key) SELECT k FROM unnest(%s::bytea[]) AS k "
-            f"ORDER BY k ON CONFLICT (key) {conflict} RETURNING key"
-        )
-        rows = await self._query(query, (sorted(keys),))
+            params = (sorted(keys), self.ttl)
+        rows = await self._query(self._sql(query), params)
         return {bytes(row[0]) for row in rows}
 
     async def _contains(self, keys: list[bytes]) -> set[bytes]:
-        fresh = (
-            ""
-            if self.ttl is None
-            else f" AND added_at >= now() - make_interval(secs => {self.ttl!r})"
-        )
-        rows = await self._query(
-            f"SELECT key FROM {self.table} WHERE key = ANY(%s::bytea[]){fresh}", (keys,)
-        )
+        query = "SELECT key FROM {t} WHERE key = ANY(%s::bytea[])"
+        params: tuple[Any, ...] = (keys,)
+        if self.ttl is not None:
+            query += " AND added_at >= now() - make_interval(secs => %s)"
+            params = (keys, self.ttl)
+        rows = await self._query(self._sql(query), params)
         return {bytes(row[0]) for row in rows}
 
-    async def _query(self, query: str, params: tuple[Any, ...]) -> list[Any]:
+    async def _query(self, query: Any, params: tuple[Any, ...]) -> list[Any]:
         import psycopg
         import psycopg_pool
 
@@ -410,7 +418,7 @@ class PostgresDedupSet(DedupSet):
         pool = await self._ready()
         async with pool.connection() as conn:
             cursor = await conn.execute(
-                f"DELETE FROM {self.table} WHERE key = ANY(%s::bytea[])", (keys,)
+                self._sql("DELETE FROM {t} WHERE key = ANY(%s::bytea[])"), (keys,)
             )
             return int(cursor.rowcount)
 
@@ -418,7 +426,7 @@ class PostgresDedupSet(DedupSet):
         """Delete every URL of this set; count deleted."""
         pool = await self._ready()
         async with pool.connection() as conn:
-            cursor = await conn.execute(f"DELETE FROM {self.table}")
+            cursor = await conn.execute(self._sql("DELETE FROM {t}"))
             return int(cursor.rowcount)
 
     async def _close(self) -> None:
