@@ -273,3 +273,24 @@ async def test_postgres_dedup_table_named_like_a_keyword(database_url: str) -> N
         await store.close()
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute('DROP TABLE IF EXISTS "order"')
+
+
+@pytest.mark.postgres
+async def test_postgres_dedup_stores_creating_one_table_at_once(
+    database_url: str, unique_name: str
+) -> None:
+    import psycopg
+
+    # Stores opened together all run CREATE TABLE IF NOT EXISTS on first use; without a
+    # lock PostgreSQL can refuse the losers (a duplicate row type or index name).
+    for attempt in range(5):
+        table = f"{unique_name}_{attempt}"
+        stores = [PostgresDedupSet(database_url, table=table, pool_size=1) for _ in range(8)]
+        try:
+            flags = await asyncio.gather(*(s.add_many(["http://same.example/"]) for s in stores))
+        finally:
+            for store in stores:
+                await store.close()
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        assert sorted(f[0] for f in flags) == [False] * 7 + [True]

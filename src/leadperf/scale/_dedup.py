@@ -346,7 +346,6 @@ class PostgresDedupSet(DedupSet):
         return self._pool
 
     async def _open(self) -> Any:
-        import psycopg
         from psycopg_pool import AsyncConnectionPool
 
         pool: Any = AsyncConnectionPool(
@@ -354,16 +353,19 @@ class PostgresDedupSet(DedupSet):
         )
         try:
             await pool.open(wait=True, timeout=10.0)
-            async with pool.connection() as conn:
-                try:
-                    await conn.execute(
-                        self._sql(
-                            "CREATE TABLE IF NOT EXISTS {t} (key bytea PRIMARY KEY, "
-                            "added_at timestamptz NOT NULL DEFAULT now())"
-                        )
+            async with pool.connection() as conn, conn.transaction():
+                # Concurrent CREATE TABLE IF NOT EXISTS of one table can still fail (on the
+                # table's row type or its key's index name): workers opening at the same
+                # moment take turns under a transaction-scoped advisory lock instead.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"leadperf-dedup:{self.table}",)
+                )
+                await conn.execute(
+                    self._sql(
+                        "CREATE TABLE IF NOT EXISTS {t} (key bytea PRIMARY KEY, "
+                        "added_at timestamptz NOT NULL DEFAULT now())"
                     )
-                except psycopg.errors.UniqueViolation:
-                    pass  # another worker created it at the same moment (a known PG race)
+                )
         except Exception as exc:
             await pool.close()
             raise _unavailable(self._where, exc) from None
