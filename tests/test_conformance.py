@@ -346,11 +346,14 @@ CASES: list[Case] = [
         "one-byte-chunks",
         "1 MiB of 1-byte chunks in one write",
         one_byte_chunks,
-        but(every("HTTP 200 1048576 bytes"), httpx={"ScrapeTimeoutError"}),
+        but(
+            every("HTTP 200 1048576 bytes"),
+            httpx={"HTTP 200 1048576 bytes", "ScrapeTimeoutError"},
+        ),
         full_megabyte,
         timeout=8.0,
-        note="h11 does not get through a mebibyte of one-byte chunks within 8 s; the "
-        "deadline stops it",
+        note="h11 needs about 8 s for a mebibyte of one-byte chunks here: it returns the "
+        "whole body within the deadline or the deadline stops it, depending on the machine",
     ),
     Case(
         "drip",
