@@ -326,3 +326,21 @@ async def test_two_runs_at_once_move_each_partition_once(
     names = sorted(n for r in reports for n in r.partitions)
     assert names == ["leads_p202608", "leads_p202609", "leads_p202610"]
     assert tables_in(database_url, cold) == dict.fromkeys(names, 1)
+
+
+async def test_workers_creating_the_table_at_once_all_succeed(
+    database_url: str, schemas: tuple[str, str]
+) -> None:
+    live, cold = schemas
+    workers = [Archiver(database_url, "leads", schema=live, archive_schema=cold) for _ in range(6)]
+    results: list[bool] = []
+
+    async def create(archiver: Archiver) -> None:
+        results.append(await archiver.create_table(COLUMNS))
+
+    async with anyio.create_task_group() as tg:
+        for archiver in workers:
+            tg.start_soon(create, archiver)
+    # Exactly one of them created it; the others found it there, none failed.
+    assert sorted(results) == [False] * 5 + [True]
+    assert tables_in(database_url, live) == {"leads": 0, "leads_default": 0}

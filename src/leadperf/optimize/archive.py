@@ -269,6 +269,12 @@ class Archiver:
         async with self._connect() as conn:
             try:
                 async with conn.transaction():
+                    # Workers creating the same table at once would race on the catalog
+                    # (IF NOT EXISTS does not stop a concurrent duplicate): one at a time.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        (f"leadperf.archive.create:{self._schema}.{self._table}",),
+                    )
                     existed = await self._partition_key(conn) is not None
                     await conn.execute(
                         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
