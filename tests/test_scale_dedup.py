@@ -260,6 +260,8 @@ async def test_postgres_dedup_table_named_like_a_keyword(database_url: str) -> N
     import psycopg
 
     # "order" is a valid lower-case identifier and a reserved word: it must be quoted.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute('DROP TABLE IF EXISTS "order"')  # left by an interrupted run
     store = PostgresDedupSet(database_url, table="order", ttl=60)
     try:
         assert await store.add_many(["http://k.com/1", "http://k.com/2"]) == [True, True]
@@ -294,3 +296,29 @@ async def test_postgres_dedup_stores_creating_one_table_at_once(
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute(f'DROP TABLE IF EXISTS "{table}"')
         assert sorted(f[0] for f in flags) == [False] * 7 + [True]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("call", ["remove_many", "clear", "contains_many", "add_many"])
+async def test_postgres_dedup_lost_server_is_a_typed_error(
+    call: str, database_url: str, unique_name: str
+) -> None:
+    import psycopg
+
+    store = PostgresDedupSet(database_url, table=unique_name, pool_size=1)
+    try:
+        await store.add_many(["http://gone.example/1"])
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                "FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                (f"%{unique_name}%",),
+            ).fetchone()
+        assert killed == (1,)  # the store's one pooled connection
+        args = () if call == "clear" else (["http://gone.example/1"],)
+        with pytest.raises(CacheUnavailableError, match="unreachable"):
+            await getattr(store, call)(*args)
+    finally:
+        await store.close()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP TABLE IF EXISTS "{unique_name}"')

@@ -13,13 +13,16 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._util import mask_url, require
 from ..errors import ClosedError, ConfigError, LeadperfError
 from ._normalize import normalize_url
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 __all__ = ["DedupSet", "DedupStats", "PostgresDedupSet", "RedisDedupSet"]
 
@@ -371,7 +374,7 @@ class PostgresDedupSet(DedupSet):
             raise _unavailable(self._where, exc) from None
         return pool
 
-    def _sql(self, text: str) -> Any:
+    def _sql(self, text: str) -> sql.Composed:
         """``text`` with ``{t}`` bound to the table, quoted as an identifier."""
         from psycopg import sql
 
@@ -404,7 +407,14 @@ class PostgresDedupSet(DedupSet):
         rows = await self._query(self._sql(query), params)
         return {bytes(row[0]) for row in rows}
 
-    async def _query(self, query: Any, params: tuple[Any, ...]) -> list[Any]:
+    async def _query(self, query: str | sql.Composed, params: tuple[Any, ...]) -> list[Any]:
+        rows, _ = await self._execute(query, params, fetch=True)
+        return rows
+
+    async def _execute(
+        self, query: str | sql.Composed, params: tuple[Any, ...], *, fetch: bool = False
+    ) -> tuple[list[Any], int]:
+        """Run ``query``; its rows (``fetch=True``) and row count. A lost server is typed."""
         import psycopg
         import psycopg_pool
 
@@ -412,24 +422,20 @@ class PostgresDedupSet(DedupSet):
         try:
             async with pool.connection() as conn:
                 cursor = await conn.execute(query, params)
-                return list(await cursor.fetchall())
+                rows = list(await cursor.fetchall()) if fetch else []
+                return rows, int(cursor.rowcount)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(self._where, exc) from None
 
     async def _remove(self, keys: list[bytes]) -> int:
-        pool = await self._ready()
-        async with pool.connection() as conn:
-            cursor = await conn.execute(
-                self._sql("DELETE FROM {t} WHERE key = ANY(%s::bytea[])"), (keys,)
-            )
-            return int(cursor.rowcount)
+        query = self._sql("DELETE FROM {t} WHERE key = ANY(%s::bytea[])")
+        _, count = await self._execute(query, (keys,))
+        return count
 
     async def clear(self) -> int:
         """Delete every URL of this set; count deleted."""
-        pool = await self._ready()
-        async with pool.connection() as conn:
-            cursor = await conn.execute(self._sql("DELETE FROM {t}"))
-            return int(cursor.rowcount)
+        _, count = await self._execute(self._sql("DELETE FROM {t}"), ())
+        return count
 
     async def _close(self) -> None:
         if self._pool is not None:
